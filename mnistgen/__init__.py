@@ -1,0 +1,1 @@
+"""Shared code for the draw-MNIST pipeline: params, data, models, metrics, tracking."""

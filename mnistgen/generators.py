@@ -1,0 +1,53 @@
+"""Loading the trained generators behind one interface: draw(labels, z) -> uint8 (N, 784)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from mnistgen.data import sha256_file
+from mnistgen.images import to_uint8
+from mnistgen.models import build
+from mnistgen.runtime import load_checkpoint
+
+
+class Drawer:
+    """A trained generator: name, latent size (0 = deterministic) and a draw function."""
+
+    def __init__(self, name: str, model, latent_dim: int, kind: str, path: Path):
+        self.name, self.model, self.latent_dim, self.kind = name, model.eval(), latent_dim, kind
+        self.checkpoint_sha256 = sha256_file(path)  # links samples to the MLflow training run
+
+    @torch.no_grad()
+    def draw(self, labels: torch.Tensor, gen: torch.Generator, batch: int = 1000) -> np.ndarray:
+        out = []
+        for i in range(0, len(labels), batch):
+            y = labels[i:i + batch]
+            if self.kind == "inverted":  # one image per label: the model has no noise input
+                out.append(to_uint8(self.model.intensities(F.one_hot(y, 10).float()), low=0.0))
+            else:
+                z = torch.randn(len(y), self.latent_dim, generator=gen)
+                out.append(to_uint8(self.model(z, y)))
+        return np.concatenate(out)
+
+
+def load_inverted(path: Path) -> Drawer:
+    payload = load_checkpoint(path, "inverted")
+    model = build("inverted", payload["config"])
+    model.load_state_dict(payload["state"]["model"])
+    return Drawer(f"inverted_{payload['config']['output']}", model, 0, "inverted", path)
+
+
+def load_gan(path: Path) -> Drawer:
+    payload = load_checkpoint(path, "gan")
+    model = build("generator", payload["config"])
+    model.load_state_dict(payload["state"]["generator"])  # the EMA generator
+    return Drawer("gan", model, payload["config"]["latent_dim"], "gan", path)
+
+
+def load_all(inverted_dir: Path, gan_path: Path) -> list[Drawer]:
+    """The seed's generator first, its variants, then the GAN."""
+    paths = sorted(Path(inverted_dir).glob("*.pt"), key=lambda p: (p.stem != "softmax", p.stem))
+    return [load_inverted(p) for p in paths] + [load_gan(gan_path)]

@@ -1,0 +1,65 @@
+"""Sample-quality metrics on feature vectors (rows = samples), all in float64."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(matrix)
+    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+
+
+def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """FD = |mu_r - mu_g|^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)) between Gaussian fits.
+
+    Tr((S_r S_g)^(1/2)) = Tr((A S_g A)^(1/2)) with A = S_r^(1/2): a symmetric PSD form
+    whose eigenvalues are real, so no complex sqrtm is needed.
+    """
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    mu_r, mu_g = real.mean(0), fake.mean(0)
+    s_r, s_g = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    root_r = _sqrt_psd(s_r)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_r @ s_g @ root_r), 0, None)).sum()
+    value = float(((mu_r - mu_g) ** 2).sum() + np.trace(s_r) + np.trace(s_g) - 2 * cross)
+    return max(value, 0.0)
+
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    return torch.cat([torch.cdist(a[i:i + chunk], b) for i in range(0, len(a), chunk)])
+
+
+def knn_radii(points: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each point to its k-th nearest other point."""
+    dists = _pairwise(points, points)
+    return dists.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+
+
+def coverage_share(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
+    """Share of queries inside the union of balls B(centre_i, radius_i)."""
+    inside = torch.zeros(len(queries), dtype=torch.bool)
+    for i in range(0, len(queries), 2048):
+        d = torch.cdist(queries[i:i + 2048], centres)
+        inside[i:i + 2048] = (d <= radii[None, :]).any(dim=1)
+    return float(inside.double().mean())
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Improved precision/recall (Kynkäänniemi et al. 2019) with k-NN manifolds."""
+    real_t, fake_t = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
+    precision = coverage_share(fake_t, real_t, knn_radii(real_t, k))
+    recall = coverage_share(real_t, fake_t, knn_radii(fake_t, k))
+    return precision, recall
+
+
+def mean_pairwise_distance(points: np.ndarray) -> float:
+    """Average distance between distinct points: 0 when every sample is the same."""
+    pts = torch.as_tensor(points, dtype=torch.float64)
+    n = len(pts)
+    if n < 2:
+        return 0.0
+    return float(_pairwise(pts, pts).sum() / (n * (n - 1)))
+
+
+def within_class_diversity(features: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    return {int(c): mean_pairwise_distance(features[labels == c]) for c in np.unique(labels)}

@@ -1,0 +1,175 @@
+"""Every model of the pipeline, each rebuilt from a plain config dict.
+
+Images are float tensors (N, 1, 28, 28) in [-1, 1] for the judge and the GAN;
+the inverted generator works on flat (N, 784) intensities in [0, 1], as in the seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+# ---------------------------------------------------------------- the judge
+
+
+@dataclass
+class JudgeConfig:
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    feature_dim: int = 128  # the penultimate layer: the space Fréchet distance lives in
+
+
+class Judge(nn.Module):
+    """Small CNN: [conv-BN-ReLU, maxpool] per stage -> features (N, feature_dim) -> logits."""
+
+    def __init__(self, cfg: JudgeConfig):
+        super().__init__()
+        self.cfg = cfg
+        layers, c_in = [], 1
+        for c_out in cfg.channels:  # 28 -> 14 -> 7 -> 3
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.conv = nn.Sequential(*layers)
+        side = 28 >> len(cfg.channels)
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(c_in * side * side, cfg.feature_dim),
+                                      nn.ReLU(inplace=True))
+        self.head = nn.Linear(cfg.feature_dim, 10)
+
+    def embed(self, x):  # (N, 1, 28, 28) -> (N, feature_dim)
+        return self.features(self.conv(x))
+
+    def forward(self, x):  # -> (N, 10) logits
+        return self.head(self.embed(x))
+
+
+# ---------------------------------------------------------------- the seed's inverted classifier
+
+
+@dataclass
+class InvertedConfig:
+    output: str = "softmax"  # softmax over the 784 pixels (the seed) or a per-pixel sigmoid
+
+
+class InvertedGenerator(nn.Module):
+    """Softmax regression turned around: one-hot label (N, 10) -> W (10x784) + b -> (N, 784)."""
+
+    def __init__(self, cfg: InvertedConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.linear = nn.Linear(10, 784)
+        nn.init.zeros_(self.linear.weight)  # the seed starts from zeros
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, onehot):  # logits (N, 784)
+        return self.linear(onehot)
+
+    def loss(self, logits, target):
+        """Sum over the batch as the seed does: -sum(y * log softmax) or the per-pixel BCE."""
+        if self.cfg.output == "softmax":
+            return -(target * F.log_softmax(logits, dim=1)).sum()
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+
+    def intensities(self, onehot):
+        """(N, 784) in [0, 1]. Softmax: p / max(p) per image, so the brightest pixel is 1."""
+        logits = self(onehot)
+        if self.cfg.output == "softmax":
+            p = F.softmax(logits, dim=1)
+            return p / p.max(dim=1, keepdim=True).values
+        return torch.sigmoid(logits)
+
+
+# ---------------------------------------------------------------- the conditional GAN
+
+
+@dataclass
+class GanConfig:
+    latent_dim: int = 64
+    g_hidden: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    d_hidden: list[int] = field(default_factory=lambda: [1024, 512, 256])
+    spectral_norm: bool = True
+
+
+def _mlp(sizes, act, norm=None, sn=False):
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        lin = nn.Linear(a, b)
+        layers.append(spectral_norm(lin) if sn else lin)
+        if norm is not None:
+            layers.append(norm(b))
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class Generator(nn.Module):
+    """(z (N, latent), labels (N,)) -> images (N, 1, 28, 28) in [-1, 1]; label by embedding."""
+
+    def __init__(self, cfg: GanConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(10, cfg.latent_dim)
+        self.body = _mlp([2 * cfg.latent_dim] + list(cfg.g_hidden),
+                         lambda: nn.LeakyReLU(0.2, inplace=True), norm=nn.BatchNorm1d)
+        self.out = nn.Linear(cfg.g_hidden[-1], 784)
+
+    def forward(self, z, labels):
+        h = self.body(torch.cat([z, self.embed(labels)], dim=1))
+        return torch.tanh(self.out(h)).view(-1, 1, 28, 28)
+
+
+class Discriminator(nn.Module):
+    """Projection discriminator (Miyato & Koyama 2018): score = psi(h) + <embed(y), h>."""
+
+    def __init__(self, cfg: GanConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.body = _mlp([784] + list(cfg.d_hidden), lambda: nn.LeakyReLU(0.2, inplace=True),
+                         sn=cfg.spectral_norm)
+        last = nn.Linear(cfg.d_hidden[-1], 1)
+        embed = nn.Embedding(10, cfg.d_hidden[-1])
+        self.psi = spectral_norm(last) if cfg.spectral_norm else last
+        self.embed = spectral_norm(embed) if cfg.spectral_norm else embed
+
+    def forward(self, x, labels):  # -> (N,) unbounded scores
+        h = self.body(x.reshape(x.shape[0], 784))
+        return self.psi(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)
+
+
+class PackedGenerator(nn.Module):
+    """One-tensor interface for MLflow: (N, 10 + latent) = [one-hot | z] -> (N, 784) in [0, 1]."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, packed):
+        labels = packed[:, :10].argmax(dim=1)
+        images = self.generator(packed[:, 10:], labels)
+        return (images.reshape(-1, 784) + 1) / 2
+
+
+# ---------------------------------------------------------------- rebuilding from a config
+
+BUILDERS = {
+    "judge": (JudgeConfig, Judge),
+    "inverted": (InvertedConfig, InvertedGenerator),
+    "generator": (GanConfig, Generator),
+    "discriminator": (GanConfig, Discriminator),
+}
+
+
+def build(kind: str, config: dict) -> nn.Module:
+    cfg_cls, model_cls = BUILDERS[kind]
+    return model_cls(cfg_cls(**config))
+
+
+def config_dict(model: nn.Module) -> dict:
+    return dataclasses.asdict(model.cfg)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,117 @@
+"""Typed, validated sections of params.yaml.
+
+Each stage reads its own section once with `load_section(path, "train_gan", GanParams)`.
+Unknown keys (typos), wrong types and out-of-range values raise ParamsError naming the key,
+before any work is done, so no existing output is touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A problem in params.yaml, with the offending key in the message."""
+
+
+def field(default, *, lo=None, hi=None, choices=None, doc=""):
+    """A dataclass field with validation bounds (inclusive) or allowed choices."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(key: str, value, tp, meta: dict):
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_check_value(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ParamsError(f"{key}: expected one of {list(choices)}, got {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo:
+        raise ParamsError(f"{key}: must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ParamsError(f"{key}: must be <= {hi}, got {value!r}")
+    return value
+
+
+def parse_section(raw: dict | None, cls, section: str):
+    """Validate a raw mapping against dataclass `cls`; missing keys take their defaults."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{section}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ParamsError(
+                f"{section}.{key}: unknown key{hint}; known keys: {', '.join(sorted(fields))}")
+    values = {name: _check_value(f"{section}.{name}", raw[name], hints[name], dict(f.metadata))
+              for name, f in fields.items() if name in raw}
+    obj = cls(**values)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(section)
+    return obj
+
+
+def read_params(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def load_section(path: str | Path, section: str, cls):
+    data = read_params(path)
+    if section not in data:
+        raise ParamsError(f"{path}: missing section '{section}'")
+    return parse_section(data[section], cls, section)
+
+
+@dataclasses.dataclass
+class RunParams:
+    """Keys every training stage has."""
+    seed: int = field(0, lo=0, doc="seeds python, numpy and torch")
+    device: str = field("auto", doc="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    threads: int = field(0, lo=0, hi=256, doc="torch intra-op threads; 0 = one per core")
+
+    def check(self, section):
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ParamsError(f"{section}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")

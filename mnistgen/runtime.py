@@ -1,0 +1,100 @@
+"""Seeds, devices, threads, atomic writes and checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, truncated or of the wrong kind."""
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when present, else cpu; 'cpu' / 'cuda' / 'cuda:1' force a device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def set_threads(threads: int) -> int:
+    """0 = one intra-op thread per core. Returns the count in use."""
+    count = threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    return count
+
+
+def configure_cuda(device: torch.device) -> None:
+    """On CUDA, TF32 matmuls: ~fp32 quality for GAN/CNN training, several times faster."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_checkpoint(path: Path, *, kind: str, models: dict, config: dict, extra: dict | None = None):
+    """Write {kind, config, state dicts, extra} to a temporary file, then rename.
+
+    Only tensors and plain python values go in, so it loads with weights_only=True.
+    """
+    payload = {"format": CHECKPOINT_FORMAT, "kind": kind, "config": config,
+               "state": {name: m.state_dict() for name, m in models.items()}, **(extra or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, kind: str) -> dict:
+    """Load with weights_only=True (no code runs); any damage becomes a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; run the stage that writes it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError,
+            pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({err}); rerun its stage "
+                              f"(`dvc repro -f <stage>`)") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a checkpoint of format {CHECKPOINT_FORMAT}")
+    if payload.get("kind") != kind:
+        raise CheckpointError(f"{path}: holds a '{payload.get('kind')}' model, expected '{kind}'")
+    return payload

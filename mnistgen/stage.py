@@ -1,0 +1,36 @@
+"""What every stage script shares: the command line and turning known failures into one
+clear line on stderr with a non-zero exit (never a traceback for bad input)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mnistgen.data import DataError
+from mnistgen.params import ParamsError
+from mnistgen.runtime import CheckpointError
+from mnistgen.tracking import TrackingError
+
+KNOWN_ERRORS = (ParamsError, DataError, CheckpointError, TrackingError)
+
+
+class TrainingError(RuntimeError):
+    """Training went wrong in a way a param or a rerun can fix (a NaN loss, say)."""
+
+
+def parse_args(doc: str, paths: list[str], argv=None):
+    """--params plus one required option per path, declared once in dvc.yaml."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    for name in paths:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True)
+    return parser.parse_args(argv)
+
+
+def run(stage: str, body, argv=None) -> int:
+    """Call body(argv); report our own errors as `<stage>: error: ...`, exit 1."""
+    try:
+        body(argv)
+    except (*KNOWN_ERRORS, TrainingError) as err:
+        print(f"{stage}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,215 @@
+"""MLflow set-up shared by the stages: where the store is, a check before any work, tags.
+
+The store defaults to `sqlite:///<repo root>/mlflow.db`, where the root is DVC_ROOT (set by
+DVC, also for `dvc exp run --queue/--temp` runs in a temporary copy) or the working
+directory. MLFLOW_TRACKING_URI overrides it.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import sqlite3
+import subprocess
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used."""
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Serialize store creation/migration and run creation between processes on one SQLite
+    file: concurrent first use of a new store is what fails with 'database is locked'."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_store(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before training, if the store cannot be written or reached."""
+    db = _sqlite_path(uri)
+    if db is not None:
+        if not db.parent.is_dir():
+            raise TrackingError(f"MLflow store {uri}: folder {db.parent} does not exist")
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingError(f"MLflow store {uri} is read-only; make it writable or set "
+                                f"MLFLOW_TRACKING_URI to a writable store")
+        if db.exists():
+            try:  # a write transaction: fails at once if another program holds a lock
+                with contextlib.closing(sqlite3.connect(db, timeout=timeout_s)) as con:
+                    con.execute("BEGIN IMMEDIATE")
+                    con.rollback()
+            except sqlite3.Error as err:
+                raise TrackingError(f"MLflow store {uri} cannot be written ({err}); is another "
+                                    f"program holding it, or is it not an MLflow database?") from err
+        return
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+                pass
+        except OSError as err:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({err}); start it, "
+                                f"or unset MLFLOW_TRACKING_URI to use the local store") from err
+
+
+def git_commit(root: Path) -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def run_tags(stage: str) -> dict:
+    root = repo_root()
+    tags = {"mlflow.source.git.commit": git_commit(root), "git_commit": git_commit(root),
+            "dvc_stage": os.environ.get("DVC_STAGE", stage)}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def start_run(*, stage: str, params: dict, run_id: str | None = None):
+    """Check the store, then open an MLflow run in experiment 'draw-mnist/<stage>'
+    (or reopen run_id, when a resumed training continues its run)."""
+    import mlflow
+
+    uri = tracking_uri()
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        mlflow.set_experiment(f"draw-mnist/{stage}")
+        if run_id is not None and _run_exists(run_id):
+            return mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_name=stage, tags=run_tags(stage))
+        mlflow.log_params(flatten(params))
+    return run
+
+
+def _run_exists(run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def flatten(params: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def log_image(image: np.ndarray, key: str, step: int) -> None:
+    """(H, W) or (H, W, 3) uint8 -> an image series the UI shows step by step."""
+    import mlflow
+
+    mlflow.log_image(image, key=key, step=step)
+
+
+def log_file(path: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def find_training_run(checkpoint_sha256: str):
+    """The newest training run that wrote the checkpoint with this sha256, or None."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    ids = [e.experiment_id for e in (mlflow.get_experiment_by_name(f"draw-mnist/{stage}")
+                                     for stage in ("train_inverted", "train_gan")) if e is not None]
+    if not ids:
+        return None
+    runs = mlflow.search_runs(ids, filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
+                              order_by=["attributes.start_time DESC"], max_results=1,
+                              output_format="list")
+    return runs[0] if runs else None
+
+
+def log_to_training_run(checkpoint_sha256: str, metrics: dict) -> bool:
+    """Put evaluation metrics on the run that trained the model, so the UI's compare view
+    shows params, curves, images and scores together. False if that run is gone."""
+    from mlflow.tracking import MlflowClient
+
+    run = find_training_run(checkpoint_sha256)
+    if run is None:
+        return False
+    client = MlflowClient(tracking_uri())
+    with store_lock(tracking_uri()):
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, value)
+    return True
+
+
+def quiet_mlflow() -> None:
+    """No retries against a dead server, and no per-model dependency inference."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+
+
+def log_model(model, *, name: str, example: np.ndarray, registered_name: str | None = None) -> None:
+    """Log a torch model with its signature and an input example; the package travels along
+    (code_paths) so the pickled model loads anywhere. Pinned requirements: no inference pass."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.as_tensor(example)).numpy()
+    mlflow.pytorch.log_model(
+        model, name=name, serialization_format="pickle",
+        signature=infer_signature(example, output), input_example=example,
+        code_paths=[str(Path(__file__).parent)], pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        registered_model_name=registered_name)
+
+
+def log_mnist_input(data_path: Path, context: str = "training") -> None:
+    """Record which data the run saw: the artifact's path and its sha256 digest."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from mnistgen.data import sha256_file
+
+    digest = sha256_file(data_path)
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(Path(data_path).resolve()))
+    mlflow.log_input(MetaDataset(source=source, name="mnist", digest=digest[:32]), context=context)
+    mlflow.set_tag("data_sha256", digest)

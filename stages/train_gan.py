@@ -1,0 +1,288 @@
+"""Stage train_gan: a class-conditional GAN (ask for a digit, get it).
+
+Writes the generator (and its EMA), the discriminator and their configs to one checkpoint;
+loss curves and in-training quality (judge accuracy, Fréchet distance) to CSV plots and
+MLflow. A resume file, written every `checkpoint_every` steps (temporary file + rename),
+lets a killed run continue where it stopped instead of starting over.
+
+Usage: python -m stages.train_gan --data data/mnist.npz --judge models/judge.pt \
+    --model models/gan.pt --losses plots/gan_losses.csv --quality plots/gan_quality.csv \
+    --resume .resume/train_gan.pt
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from mnistgen import tracking
+from mnistgen.data import load_arrays, sha256_file
+from mnistgen.images import grid, to_model_input, to_uint8
+from mnistgen.judging import features_and_predictions, load_judge, quick_score
+from mnistgen.models import Discriminator, GanConfig, Generator, PackedGenerator
+from mnistgen.params import ParamsError, RunParams, field, load_section
+from mnistgen.runtime import (CheckpointError, atomic_write_bytes, configure_cuda, load_checkpoint,
+                              pick_device, save_checkpoint, set_seed, set_threads)
+from mnistgen.stage import TrainingError, parse_args, run
+
+
+@dataclass
+class GanParams(RunParams):
+    latent_dim: int = field(64, lo=1, hi=4096)
+    g_hidden: list[int] = field([256, 512, 1024], lo=1, hi=16384)
+    d_hidden: list[int] = field([1024, 512, 256], lo=1, hi=16384)
+    spectral_norm: bool = field(True, doc="spectral norm on every discriminator layer")
+    loss: str = field("hinge", choices=("hinge", "bce"), doc="bce = non-saturating")
+    lr_g: float = field(2e-4, lo=0.0, hi=1e6)
+    lr_d: float = field(2e-4, lo=0.0, hi=1e6)
+    beta1: float = field(0.5, lo=0.0, hi=0.9999)
+    beta2: float = field(0.999, lo=0.0, hi=0.99999)
+    batch_size: int = field(256, lo=2)
+    epochs: int = field(20, lo=1, hi=10000)
+    ema_decay: float = field(0.999, lo=0.0, hi=0.99999, doc="EMA of the generator; 0 = off")
+    train_limit: int = field(0, lo=0, doc="use only the first N training images; 0 = all")
+    log_every: int = field(50, lo=1)
+    sample_every: int = field(500, lo=1, doc="log a fixed-noise grid to MLflow every N steps")
+    eval_every: int = field(1000, lo=1, doc="judge accuracy and Fréchet distance every N steps")
+    eval_samples: int = field(2000, lo=20)
+    checkpoint_every: int = field(500, lo=1, doc="write the resume file every N steps")
+    on_nan: str = field("stop", choices=("stop", "skip"),
+                        doc="a non-finite loss stops the run, or skips that update")
+    max_nan_skips: int = field(20, lo=1, doc="with on_nan: skip, give up after N in a row")
+
+    def check(self, section):
+        super().check(section)
+        for key in ("g_hidden", "d_hidden"):
+            if not getattr(self, key):
+                raise ParamsError(f"{section}.{key}: list at least one layer width")
+
+    def model_config(self) -> GanConfig:
+        return GanConfig(latent_dim=self.latent_dim, g_hidden=list(self.g_hidden),
+                         d_hidden=list(self.d_hidden), spectral_norm=self.spectral_norm)
+
+    def digest(self) -> str:
+        """What a resume file must match (logging-only keys excluded)."""
+        keep = {k: v for k, v in asdict(self).items()
+                if k not in ("log_every", "sample_every", "checkpoint_every", "threads")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class GanState:
+    """Everything training changes: models, optimizers, noise generator, step, curves."""
+
+    def __init__(self, params: GanParams, device: torch.device):
+        cfg = params.model_config()
+        self.G, self.D = Generator(cfg).to(device), Discriminator(cfg).to(device)
+        self.G_ema = copy.deepcopy(self.G).eval()
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=params.lr_g, betas=(params.beta1, params.beta2))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=params.lr_d, betas=(params.beta1, params.beta2))
+        self.noise = torch.Generator().manual_seed(params.seed + 1)
+        self.step, self.losses, self.quality, self.run_id = 0, [], [], None
+
+    def save(self, path: Path, digest: str) -> None:
+        save_checkpoint(path, kind="gan_resume", config={"digest": digest},
+                        models={"G": self.G, "D": self.D, "G_ema": self.G_ema,
+                                "opt_g": self.opt_g, "opt_d": self.opt_d},
+                        extra={"step": self.step, "noise": self.noise.get_state(),
+                               "losses": self.losses, "quality": self.quality,
+                               "run_id": self.run_id or ""})
+
+    def load(self, payload: dict) -> None:
+        for name in ("G", "D", "G_ema", "opt_g", "opt_d"):
+            getattr(self, name).load_state_dict(payload["state"][name])
+        self.noise.set_state(payload["noise"])
+        self.step, self.losses, self.quality = payload["step"], payload["losses"], payload["quality"]
+        self.run_id = payload["run_id"] or None
+
+
+def d_loss_fn(kind, real_scores, fake_scores):
+    if kind == "hinge":
+        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+    return F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
+
+
+def g_loss_fn(kind, fake_scores):
+    return -fake_scores.mean() if kind == "hinge" else F.softplus(-fake_scores).mean()
+
+
+def gan_step(s: GanState, real, labels, p: GanParams, device) -> tuple[float, float]:
+    """One update of D, then of G, on a batch real (B, 1, 28, 28) with labels (B,).
+
+    An update whose loss is not finite is not applied; its loss comes back as NaN/inf.
+    """
+    z = torch.randn(len(real), p.latent_dim, generator=s.noise).to(device)
+    fake = s.G(z, labels)
+    # (1) D: minimise hinge/BCE loss, i.e. score real (x, y) high and generated (G(z, y), y) low
+    loss_d = d_loss_fn(p.loss, s.D(real, labels), s.D(fake.detach(), labels))
+    s.opt_d.zero_grad(set_to_none=True)
+    if torch.isfinite(loss_d):
+        loss_d.backward()
+        s.opt_d.step()
+    # (2) G: maximise D's score of G(z, y) under label y (non-saturating / hinge generator loss)
+    loss_g = g_loss_fn(p.loss, s.D(fake, labels))
+    s.opt_g.zero_grad(set_to_none=True)
+    if torch.isfinite(loss_g):
+        loss_g.backward()
+        s.opt_g.step()
+        # warm-up: early on the EMA follows G closely instead of averaging in the random init
+        update_ema(s.G_ema, s.G, min(p.ema_decay, (1 + s.step) / (10 + s.step)))
+    return loss_d.item(), loss_g.item()
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    for e, m in zip(ema.parameters(), model.parameters()):
+        e.lerp_(m, 1.0 - decay)
+    for e, m in zip(ema.buffers(), model.buffers()):
+        e.copy_(m)
+
+
+@torch.no_grad()
+def generate(G, labels: torch.Tensor, z: torch.Tensor, batch: int = 1000) -> np.ndarray:
+    """uint8 (N, 784) images of the requested labels, from fixed noise z (N, latent)."""
+    G.eval()
+    device = next(G.parameters()).device
+    out = [to_uint8(G(z[i:i + batch].to(device), labels[i:i + batch].to(device)))
+           for i in range(0, len(labels), batch)]
+    return np.concatenate(out)
+
+
+def balanced_labels(n: int) -> torch.Tensor:
+    return torch.arange(n) % 10
+
+
+def train_gan(*, params: GanParams, data: Path, judge_path: Path, model_path: Path,
+              losses_path: Path, quality_path: Path, resume_path: Path) -> dict:
+    set_seed(params.seed)
+    set_threads(params.threads)
+    device = pick_device(params.device)
+    configure_cuda(device)
+    arrays = load_arrays(data)
+    limit = params.train_limit or len(arrays["train_images"])
+    images = to_model_input(arrays["train_images"][:limit]).to(device)  # (N, 1, 28, 28) in [-1, 1]
+    labels = torch.as_tensor(arrays["train_labels"][:limit]).long().to(device)
+    if params.batch_size > len(images):
+        raise ParamsError(f"train_gan.batch_size {params.batch_size} is larger than the "
+                          f"{len(images)} training images")
+    judge = load_judge(judge_path, device)
+    tracking.check_store(tracking.tracking_uri())  # before any training: fail fast
+
+    # Fixed evaluation material: balanced labels, fixed noise, real reference features.
+    fixed = torch.Generator().manual_seed(params.seed + 2)
+    eval_labels = balanced_labels(params.eval_samples)
+    eval_z = torch.randn(params.eval_samples, params.latent_dim, generator=fixed)
+    grid_labels, grid_z = balanced_labels(100).view(10, 10).t().reshape(-1), eval_z[:100]
+    ref_idx = torch.randperm(len(images), generator=fixed)[:params.eval_samples].cpu()
+    ref_features, _ = features_and_predictions(judge, arrays["train_images"][:limit][ref_idx.numpy()])
+
+    state = GanState(params, device)
+    digest = params.digest()
+    resumed = try_resume(state, resume_path, digest)
+    steps_per_epoch = len(images) // params.batch_size
+    total_steps = params.epochs * steps_per_epoch
+    run_ctx = tracking.start_run(stage="train_gan", params=asdict(params), run_id=state.run_id)
+    with run_ctx as active:
+        import mlflow
+
+        state.run_id = active.info.run_id
+        if resumed:
+            mlflow.set_tag("resumed_from_step", str(state.step))
+        else:
+            tracking.log_mnist_input(data)
+        nan_streak = 0
+        while state.step < total_steps:
+            epoch, pos = divmod(state.step, steps_per_epoch)
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(
+                params.seed * 100003 + epoch)).to(device)
+            idx = order[pos * params.batch_size:(pos + 1) * params.batch_size]
+            state.G.train()
+            loss_d, loss_g = gan_step(state, images[idx], labels[idx], params, device)
+            state.step += 1
+            step = state.step
+            if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
+                nan_streak += 1
+                if params.on_nan == "stop" or nan_streak > params.max_nan_skips:
+                    raise TrainingError(
+                        f"non-finite loss at step {step} (loss_d={loss_d}, loss_g={loss_g}) with "
+                        f"lr_d={params.lr_d}, lr_g={params.lr_g}, loss={params.loss}; lower the "
+                        f"learning rates, or set train_gan.on_nan: skip to drop such updates")
+                print(f"train_gan: step {step}: non-finite loss, update skipped", file=sys.stderr)
+                continue
+            nan_streak = 0
+            if step % params.log_every == 0 or step == total_steps:
+                state.losses.append([step, round(loss_d, 6), round(loss_g, 6)])
+                mlflow.log_metrics({"loss_d": loss_d, "loss_g": loss_g}, step=step)
+            if step % params.sample_every == 0 or step == total_steps:
+                picture = grid(generate(state.G_ema, grid_labels, grid_z), rows=10)
+                tracking.log_image(picture, "fixed_noise_grid", step)
+            if step % params.eval_every == 0 or step == total_steps:
+                fakes = generate(state.G_ema, eval_labels, eval_z)
+                q = quick_score(judge, fakes, eval_labels.numpy(), ref_features)
+                state.quality.append([step, step * params.batch_size, round(q["accuracy"], 5),
+                                      round(q["frechet"], 4)])
+                mlflow.log_metrics({"eval_accuracy": q["accuracy"], "eval_frechet": q["frechet"]},
+                                   step=step)
+            if step % params.checkpoint_every == 0 and step < total_steps:
+                state.save(resume_path, digest)
+
+        save_checkpoint(model_path, kind="gan", config=asdict(params.model_config()),
+                        models={"generator": state.G_ema.cpu(), "generator_raw": state.G.cpu(),
+                                "discriminator": state.D.cpu()},
+                        extra={"params": asdict(params), "step": state.step})
+        write_csv(losses_path, ["step", "loss_d", "loss_g"], state.losses)
+        write_csv(quality_path, ["step", "images_seen", "accuracy", "frechet"], state.quality)
+        mlflow.set_tag("checkpoint_sha256", sha256_file(model_path))
+        packed = PackedGenerator(state.G_ema.eval())
+        example = torch.cat([F.one_hot(torch.arange(4), 10).float(),
+                             torch.randn(4, params.latent_dim, generator=fixed)], dim=1).numpy()
+        tracking.log_model(packed, name="generator", example=example,
+                           registered_name="draw-mnist-cgan")
+    resume_path.unlink(missing_ok=True)  # finished: the next run starts afresh
+    return {"steps": state.step, "resumed": resumed, "final_quality": state.quality[-1]}
+
+
+def try_resume(state: GanState, path: Path, digest: str) -> bool:
+    """Load the resume file if it belongs to these params; a damaged one is reported and
+    set aside, never trusted."""
+    if not path.exists():
+        return False
+    try:
+        payload = load_checkpoint(path, "gan_resume")
+    except CheckpointError as err:
+        print(f"train_gan: ignoring unusable resume file: {err}", file=sys.stderr)
+        path.replace(path.with_name(path.name + ".corrupt"))
+        return False
+    if payload["config"].get("digest") != digest:
+        print("train_gan: resume file is for other params; starting over", file=sys.stderr)
+        return False
+    state.load(payload)
+    print(f"train_gan: resuming from step {state.step}", file=sys.stderr)
+    return True
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def main(argv=None):
+    args = parse_args(__doc__, ["data", "judge", "model", "losses", "quality", "resume"], argv)
+    params = load_section(args.params, "train_gan", GanParams)
+    result = train_gan(params=params, data=Path(args.data), judge_path=Path(args.judge),
+                       model_path=Path(args.model), losses_path=Path(args.losses),
+                       quality_path=Path(args.quality), resume_path=Path(args.resume))
+    step, seen, acc, fd = result["final_quality"]
+    print(f"train_gan: {result['steps']} steps{' (resumed)' if result['resumed'] else ''}; "
+          f"judge accuracy {acc:.4f}, Fréchet distance {fd:.3f} on {params.eval_samples} samples")
+
+
+if __name__ == "__main__":
+    sys.exit(run("train_gan", main))
