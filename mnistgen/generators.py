@@ -22,14 +22,17 @@ class Drawer:
 
     @torch.no_grad()
     def draw(self, labels: torch.Tensor, gen: torch.Generator, batch: int = 1000) -> np.ndarray:
+        """uint8 (N, 784) for the requested labels; noise from the CPU generator `gen`."""
+        device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(labels), batch):
             y = labels[i:i + batch]
             if self.kind == "inverted":  # one image per label: the model has no noise input
-                out.append(to_uint8(self.model.intensities(F.one_hot(y, 10).float()), low=0.0))
+                onehot = F.one_hot(y, 10).float().to(device)
+                out.append(to_uint8(self.model.intensities(onehot), low=0.0))
             else:
                 z = torch.randn(len(y), self.latent_dim, generator=gen)
-                out.append(to_uint8(self.model(z, y)))
+                out.append(to_uint8(self.model(z.to(device), y.to(device))))
         return np.concatenate(out)
 
 

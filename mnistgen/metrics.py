@@ -25,22 +25,19 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     return max(value, 0.0)
 
 
-def _pairwise(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    return torch.cat([torch.cdist(a[i:i + chunk], b) for i in range(0, len(a), chunk)])
-
-
-def knn_radii(points: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each point to its k-th nearest other point."""
-    dists = _pairwise(points, points)
-    return dists.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+def knn_radii(points: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Distance from each point to its k-th nearest other point (chunked: bounded memory)."""
+    # k + 1: the point itself is at distance 0
+    return torch.cat([torch.cdist(points[i:i + chunk], points).kthvalue(k + 1, dim=1).values
+                      for i in range(0, len(points), chunk)])
 
 
 def coverage_share(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
     """Share of queries inside the union of balls B(centre_i, radius_i)."""
     inside = torch.zeros(len(queries), dtype=torch.bool)
-    for i in range(0, len(queries), 2048):
-        d = torch.cdist(queries[i:i + 2048], centres)
-        inside[i:i + 2048] = (d <= radii[None, :]).any(dim=1)
+    for i in range(0, len(queries), 1024):
+        d = torch.cdist(queries[i:i + 1024], centres)
+        inside[i:i + 1024] = (d <= radii[None, :]).any(dim=1)
     return float(inside.double().mean())
 
 
@@ -52,13 +49,14 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
     return precision, recall
 
 
-def mean_pairwise_distance(points: np.ndarray) -> float:
+def mean_pairwise_distance(points: np.ndarray, chunk: int = 1024) -> float:
     """Average distance between distinct points: 0 when every sample is the same."""
     pts = torch.as_tensor(points, dtype=torch.float64)
     n = len(pts)
     if n < 2:
         return 0.0
-    return float(_pairwise(pts, pts).sum() / (n * (n - 1)))
+    total = sum(float(torch.cdist(pts[i:i + chunk], pts).sum()) for i in range(0, n, chunk))
+    return total / (n * (n - 1))
 
 
 def within_class_diversity(features: np.ndarray, labels: np.ndarray) -> dict[int, float]:

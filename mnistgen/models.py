@@ -88,6 +88,9 @@ class InvertedGenerator(nn.Module):
 
 @dataclass
 class GanConfig:
+    """mlp: hidden widths. conv: g_hidden = channels at 7x7, 14x14 (then 28x28 -> 1);
+    d_hidden = conv channels at 14x14, 7x7, then the width of the projected feature."""
+    arch: str = "mlp"
     latent_dim: int = 64
     g_hidden: list[int] = field(default_factory=lambda: [256, 512, 1024])
     d_hidden: list[int] = field(default_factory=lambda: [1024, 512, 256])
@@ -112,9 +115,18 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(10, cfg.latent_dim)
-        self.body = _mlp([2 * cfg.latent_dim] + list(cfg.g_hidden),
-                         lambda: nn.LeakyReLU(0.2, inplace=True), norm=nn.BatchNorm1d)
-        self.out = nn.Linear(cfg.g_hidden[-1], 784)
+        act = lambda: nn.LeakyReLU(0.2, inplace=True)  # noqa: E731
+        if cfg.arch == "mlp":
+            self.body = _mlp([2 * cfg.latent_dim] + list(cfg.g_hidden), act, norm=nn.BatchNorm1d)
+            self.out = nn.Linear(cfg.g_hidden[-1], 784)
+        else:
+            c7, c14 = cfg.g_hidden
+            self.body = nn.Sequential(  # (N, 2*latent) -> (N, c7, 7, 7) -> 14x14 -> 28x28
+                nn.Linear(2 * cfg.latent_dim, c7 * 49), nn.Unflatten(1, (c7, 7, 7)),
+                nn.BatchNorm2d(c7), act(), nn.Upsample(scale_factor=2),
+                nn.Conv2d(c7, c14, 3, padding=1), nn.BatchNorm2d(c14), act(),
+                nn.Upsample(scale_factor=2))
+            self.out = nn.Conv2d(c14, 1, 3, padding=1)
 
     def forward(self, z, labels):
         h = self.body(torch.cat([z, self.embed(labels)], dim=1))
@@ -127,15 +139,23 @@ class Discriminator(nn.Module):
     def __init__(self, cfg: GanConfig):
         super().__init__()
         self.cfg = cfg
-        self.body = _mlp([784] + list(cfg.d_hidden), lambda: nn.LeakyReLU(0.2, inplace=True),
-                         sn=cfg.spectral_norm)
+        act = lambda: nn.LeakyReLU(0.2, inplace=True)  # noqa: E731
+        if cfg.arch == "mlp":
+            self.body = nn.Sequential(nn.Flatten(), _mlp([784] + list(cfg.d_hidden), act,
+                                                         sn=cfg.spectral_norm))
+        else:
+            c14, c7, width = cfg.d_hidden
+            sn = spectral_norm if cfg.spectral_norm else (lambda m: m)
+            self.body = nn.Sequential(  # (N, 1, 28, 28) -> 14x14 -> 7x7 -> (N, width)
+                sn(nn.Conv2d(1, c14, 4, 2, 1)), act(), sn(nn.Conv2d(c14, c7, 4, 2, 1)), act(),
+                nn.Flatten(), sn(nn.Linear(c7 * 49, width)), act())
         last = nn.Linear(cfg.d_hidden[-1], 1)
         embed = nn.Embedding(10, cfg.d_hidden[-1])
         self.psi = spectral_norm(last) if cfg.spectral_norm else last
         self.embed = spectral_norm(embed) if cfg.spectral_norm else embed
 
     def forward(self, x, labels):  # -> (N,) unbounded scores
-        h = self.body(x.reshape(x.shape[0], 784))
+        h = self.body(x)
         return self.psi(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)
 
 

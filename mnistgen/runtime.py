@@ -1,10 +1,12 @@
 """Seeds, devices, threads, atomic writes and checkpoints."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import random
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -73,13 +75,9 @@ def save_checkpoint(path: Path, *, kind: str, models: dict, config: dict, extra:
     """
     payload = {"format": CHECKPOINT_FORMAT, "kind": kind, "config": config,
                "state": {name: m.state_dict() for name, m in models.items()}, **(extra or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # to a buffer: the archive's inner name then never depends on the
+    torch.save(payload, buffer)  # file name, so identical training gives identical bytes
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def load_checkpoint(path: Path, kind: str) -> dict:
@@ -98,3 +96,25 @@ def load_checkpoint(path: Path, kind: str) -> dict:
     if payload.get("kind") != kind:
         raise CheckpointError(f"{path}: holds a '{payload.get('kind')}' model, expected '{kind}'")
     return payload
+
+
+def staging_dir(final: Path) -> Path:
+    """An empty sibling folder to write a directory output into before `replace_dir`."""
+    staging = Path(final).with_name(f".{Path(final).name}.staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Swap a finished staging folder into place (the old one is removed only afterwards)."""
+    final = Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old.exists():
+        shutil.rmtree(old)

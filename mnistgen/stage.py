@@ -3,7 +3,9 @@ clear line on stderr with a non-zero exit (never a traceback for bad input)."""
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
+import time
 
 from mnistgen.data import DataError
 from mnistgen.params import ParamsError
@@ -26,11 +28,22 @@ def parse_args(doc: str, paths: list[str], argv=None):
     return parser.parse_args(argv)
 
 
+def resources() -> tuple[float, float]:
+    """(seconds since this process started, peak resident memory in MB)."""
+    import psutil
+
+    me = psutil.Process()
+    return time.time() - me.create_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run(stage: str, body, argv=None) -> int:
-    """Call body(argv); report our own errors as `<stage>: error: ...`, exit 1."""
+    """Call body(argv); report our own errors as `<stage>: error: ...`, exit 1.
+    On success print the wall time and peak memory (the benchmark reads this line)."""
     try:
         body(argv)
     except (*KNOWN_ERRORS, TrainingError) as err:
         print(f"{stage}: error: {err}", file=sys.stderr)
         return 1
+    wall, peak_mb = resources()
+    print(f"{stage}: wall {wall:.1f} s, peak memory {peak_mb:.0f} MB")
     return 0

@@ -53,6 +53,7 @@ def store_lock(uri: str):
 
 def check_store(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, before training, if the store cannot be written or reached."""
+    quiet_mlflow()
     db = _sqlite_path(uri)
     if db is not None:
         if not db.parent.is_dir():
@@ -109,6 +110,13 @@ def start_run(*, stage: str, params: dict, run_id: str | None = None):
         run = mlflow.start_run(run_name=stage, tags=run_tags(stage))
         mlflow.log_params(flatten(params))
     return run
+
+
+def tag_run(**tags) -> None:
+    """Set the tags whose value is not None on the active run."""
+    import mlflow
+
+    mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
 
 
 def _run_exists(run_id: str) -> bool:
@@ -176,7 +184,7 @@ def log_to_training_run(checkpoint_sha256: str, metrics: dict) -> bool:
 
 
 def quiet_mlflow() -> None:
-    """No retries against a dead server, and no per-model dependency inference."""
+    """Against a remote server: fail in seconds rather than retry for minutes."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 

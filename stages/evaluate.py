@@ -103,7 +103,10 @@ def evaluate(*, params: EvaluateParams, data: Path, judge_path: Path, samples_di
 
     test_idx = per_class_pick(arrays["test_labels"], params.per_class, gen)
     rows = {REAL: (arrays["test_images"][test_idx], arrays["test_labels"][test_idx])}
-    sources, sample_files = {}, sorted(Path(samples_dir).glob("*.npz"))
+    # rows: the seed's generator, its variants, then the GAN
+    sample_files = sorted(Path(samples_dir).glob("*.npz"),
+                          key=lambda p: (p.stem != "inverted_softmax", p.stem == "gan", p.stem))
+    sources = {}
     if not sample_files:
         raise DataError(f"{samples_dir}: no samples (*.npz); run `dvc repro sample` first")
     for path in sample_files:

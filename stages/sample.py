@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw
 from mnistgen.generators import load_all
 from mnistgen.images import grid, save_png
 from mnistgen.params import RunParams, field, load_section
-from mnistgen.runtime import atomic_write_bytes, set_seed, set_threads
+from mnistgen.runtime import (atomic_write_bytes, pick_device, replace_dir, set_seed, set_threads,
+                              staging_dir)
 from mnistgen.stage import parse_args, run
 
 
@@ -62,8 +63,14 @@ def sample(*, params: SampleParams, inverted_dir: Path, gan_path: Path, samples_
            figures_dir: Path) -> list[str]:
     set_seed(params.seed)
     set_threads(params.threads)
+    device = pick_device(params.device)
+    drawers = load_all(inverted_dir, gan_path)
+    for drawer in drawers:
+        drawer.model.to(device)
+    final_samples, final_figures = samples_dir, figures_dir
+    samples_dir, figures_dir = staging_dir(samples_dir), staging_dir(figures_dir)
     pictures = {}
-    for drawer in load_all(inverted_dir, gan_path):
+    for drawer in drawers:
         images, labels = draw_samples(drawer, params.per_class, params.seed)
         save_npz(samples_dir / f"{drawer.name}.npz", images=images, labels=labels,
                  checkpoint_sha256=np.array(drawer.checkpoint_sha256))
@@ -73,6 +80,8 @@ def sample(*, params: SampleParams, inverted_dir: Path, gan_path: Path, samples_
         pictures[drawer.name] = grid(images[picks], rows=10)
         save_png(pictures[drawer.name], figures_dir / f"grid_{drawer.name}.png")
     save_png(comparison(pictures), figures_dir / "comparison.png")
+    replace_dir(samples_dir, final_samples)
+    replace_dir(figures_dir, final_figures)
     return list(pictures)
 
 

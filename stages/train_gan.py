@@ -11,6 +11,7 @@ Usage: python -m stages.train_gan --data data/mnist.npz --judge models/judge.pt 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from mnistgen import tracking
+from mnistgen import distributed, tracking
 from mnistgen.data import load_arrays, sha256_file
+from mnistgen.distributed import World
 from mnistgen.images import grid, to_model_input, to_uint8
 from mnistgen.judging import features_and_predictions, load_judge, quick_score
 from mnistgen.models import Discriminator, GanConfig, Generator, PackedGenerator
@@ -36,13 +38,16 @@ from mnistgen.stage import TrainingError, parse_args, run
 
 @dataclass
 class GanParams(RunParams):
+    arch: str = field("mlp", choices=("mlp", "conv"), doc="see mnistgen.models.GanConfig")
     latent_dim: int = field(64, lo=1, hi=4096)
     g_hidden: list[int] = field([256, 512, 1024], lo=1, hi=16384)
     d_hidden: list[int] = field([1024, 512, 256], lo=1, hi=16384)
     spectral_norm: bool = field(True, doc="spectral norm on every discriminator layer")
     loss: str = field("hinge", choices=("hinge", "bce"), doc="bce = non-saturating")
-    lr_g: float = field(2e-4, lo=0.0, hi=1e6)
-    lr_d: float = field(2e-4, lo=0.0, hi=1e6)
+    lr_g: float = field(2e-4, lo=0.0, hi=1e30)
+    lr_d: float = field(2e-4, lo=0.0, hi=1e30)
+    lr_schedule: str = field("constant", choices=("constant", "linear"),
+                             doc="linear: both learning rates decay to 0 over training")
     beta1: float = field(0.5, lo=0.0, hi=0.9999)
     beta2: float = field(0.999, lo=0.0, hi=0.99999)
     batch_size: int = field(256, lo=2)
@@ -63,9 +68,12 @@ class GanParams(RunParams):
         for key in ("g_hidden", "d_hidden"):
             if not getattr(self, key):
                 raise ParamsError(f"{section}.{key}: list at least one layer width")
+        if self.arch == "conv" and (len(self.g_hidden), len(self.d_hidden)) != (2, 3):
+            raise ParamsError(f"{section}: arch conv takes g_hidden [channels at 7x7, at 14x14] "
+                              f"and d_hidden [channels at 14x14, at 7x7, feature width]")
 
     def model_config(self) -> GanConfig:
-        return GanConfig(latent_dim=self.latent_dim, g_hidden=list(self.g_hidden),
+        return GanConfig(arch=self.arch, latent_dim=self.latent_dim, g_hidden=list(self.g_hidden),
                          d_hidden=list(self.d_hidden), spectral_norm=self.spectral_norm)
 
     def digest(self) -> str:
@@ -76,12 +84,17 @@ class GanParams(RunParams):
 
 
 class GanState:
-    """Everything training changes: models, optimizers, noise generator, step, curves."""
+    """Everything training changes: models, optimizers, noise generator, step, curves.
 
-    def __init__(self, params: GanParams, device: torch.device):
+    G and D are the plain modules (saved, sampled); G_train and D_train are what the update
+    runs through: the same modules, wrapped in DistributedDataParallel under torchrun.
+    """
+
+    def __init__(self, params: GanParams, device: torch.device, world: World = World()):
         cfg = params.model_config()
         self.G, self.D = Generator(cfg).to(device), Discriminator(cfg).to(device)
         self.G_ema = copy.deepcopy(self.G).eval()
+        self.G_train, self.D_train = world.wrap(self.G, device), world.wrap(self.D, device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=params.lr_g, betas=(params.beta1, params.beta2))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=params.lr_d, betas=(params.beta1, params.beta2))
         self.noise = torch.Generator().manual_seed(params.seed + 1)
@@ -113,21 +126,21 @@ def g_loss_fn(kind, fake_scores):
     return -fake_scores.mean() if kind == "hinge" else F.softplus(-fake_scores).mean()
 
 
-def gan_step(s: GanState, real, labels, p: GanParams, device) -> tuple[float, float]:
-    """One update of D, then of G, on a batch real (B, 1, 28, 28) with labels (B,).
+def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
+    """One update of D, then of G, on real (B, 1, 28, 28), labels (B,), noise z (B, latent).
 
     An update whose loss is not finite is not applied; its loss comes back as NaN/inf.
     """
-    z = torch.randn(len(real), p.latent_dim, generator=s.noise).to(device)
-    fake = s.G(z, labels)
+    fake = s.G_train(z, labels)
     # (1) D: minimise hinge/BCE loss, i.e. score real (x, y) high and generated (G(z, y), y) low
-    loss_d = d_loss_fn(p.loss, s.D(real, labels), s.D(fake.detach(), labels))
+    scores = s.D_train(torch.cat([real, fake.detach()]), torch.cat([labels, labels]))  # one pass
+    loss_d = d_loss_fn(p.loss, scores[:len(real)], scores[len(real):])
     s.opt_d.zero_grad(set_to_none=True)
     if torch.isfinite(loss_d):
         loss_d.backward()
         s.opt_d.step()
     # (2) G: maximise D's score of G(z, y) under label y (non-saturating / hinge generator loss)
-    loss_g = g_loss_fn(p.loss, s.D(fake, labels))
+    loss_g = g_loss_fn(p.loss, s.D_train(fake, labels))
     s.opt_g.zero_grad(set_to_none=True)
     if torch.isfinite(loss_g):
         loss_g.backward()
@@ -159,11 +172,106 @@ def balanced_labels(n: int) -> torch.Tensor:
     return torch.arange(n) % 10
 
 
+class Monitor:
+    """Rank 0's view of training: loss curves, fixed-noise grids and judge scores, to the
+    CSV plots and MLflow. On other ranks every call is a no-op."""
+
+    def __init__(self, *, params: GanParams, judge, arrays: dict, limit: int, active: bool):
+        self.p, self.judge, self.active = params, judge, active
+        if not active:
+            return
+        fixed = torch.Generator().manual_seed(params.seed + 2)  # the same material every run
+        self.eval_labels = balanced_labels(params.eval_samples)
+        self.eval_z = torch.randn(params.eval_samples, params.latent_dim, generator=fixed)
+        self.grid_labels = balanced_labels(100).view(10, 10).t().reshape(-1)  # row = digit
+        ref_idx = torch.randperm(limit, generator=fixed)[:params.eval_samples].numpy()
+        self.ref_features, _ = features_and_predictions(judge, arrays["train_images"][:limit][ref_idx])
+
+    def after_step(self, s: GanState, step: int, total: int, loss_d: float, loss_g: float):
+        if not self.active:
+            return
+        import mlflow
+
+        p, last = self.p, step == total
+        if step % p.log_every == 0 or last:
+            s.losses.append([step, round(loss_d, 6), round(loss_g, 6)])
+            mlflow.log_metrics({"loss_d": loss_d, "loss_g": loss_g}, step=step)
+        if step % p.sample_every == 0 or last:
+            picture = grid(generate(s.G_ema, self.grid_labels, self.eval_z[:100]), rows=10)
+            tracking.log_image(picture, "fixed_noise_grid", step)
+        if step % p.eval_every == 0 or last:
+            fakes = generate(s.G_ema, self.eval_labels, self.eval_z)
+            q = quick_score(self.judge, fakes, self.eval_labels.numpy(), self.ref_features)
+            s.quality.append([step, step * p.batch_size, round(q["accuracy"], 5), round(q["frechet"], 4)])
+            mlflow.log_metrics({"eval_accuracy": q["accuracy"], "eval_frechet": q["frechet"]}, step=step)
+
+
+def check_finite(loss_d: float, loss_g: float, step: int, streak: int, p: GanParams) -> int:
+    """The number of non-finite steps in a row, or TrainingError when that must stop the run."""
+    if math.isfinite(loss_d) and math.isfinite(loss_g):
+        return 0
+    if p.on_nan == "stop" or streak + 1 > p.max_nan_skips:
+        raise TrainingError(
+            f"non-finite loss at step {step} (loss_d={loss_d}, loss_g={loss_g}) with "
+            f"lr_d={p.lr_d}, lr_g={p.lr_g}, loss={p.loss}, batch_size={p.batch_size}; lower the "
+            f"learning rates, or set train_gan.on_nan: skip to drop such updates")
+    print(f"train_gan: step {step}: non-finite loss, update skipped", file=sys.stderr)
+    return streak + 1
+
+
+def set_learning_rates(s: GanState, p: GanParams, progress: float) -> None:
+    scale = 1.0 - progress if p.lr_schedule == "linear" else 1.0
+    for opt, base in ((s.opt_g, p.lr_g), (s.opt_d, p.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = base * scale
+
+
+def train_loop(s: GanState, *, images, labels, p: GanParams, world: World, monitor: Monitor,
+               resume_path: Path, digest: str) -> None:
+    """Epochs of global batches; each rank trains on its slice of every batch."""
+    steps_per_epoch = len(images) // p.batch_size
+    total, streak = p.epochs * steps_per_epoch, 0
+    while s.step < total:
+        epoch, pos = divmod(s.step, steps_per_epoch)
+        # the epoch's order depends on (seed, epoch) only, so a resumed run sees the same batches
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(p.seed * 100003 + epoch))
+        idx = world.shard(order[pos * p.batch_size:(pos + 1) * p.batch_size]).to(images.device)
+        z = world.shard(torch.randn(p.batch_size, p.latent_dim, generator=s.noise)).to(images.device)
+        s.G.train()
+        set_learning_rates(s, p, s.step / total)
+        loss_d, loss_g = gan_step(s, images[idx], labels[idx], z, p)
+        s.step += 1
+        streak = check_finite(loss_d, loss_g, s.step, streak, p)
+        if streak == 0:
+            monitor.after_step(s, s.step, total, loss_d, loss_g)
+        if world.is_main and s.step % p.checkpoint_every == 0 and s.step < total:
+            s.save(resume_path, digest)
+
+
+def save_outputs(s: GanState, p: GanParams, *, model_path: Path, losses_path: Path,
+                 quality_path: Path) -> None:
+    import mlflow
+
+    save_checkpoint(model_path, kind="gan", config=asdict(p.model_config()),
+                    models={"generator": s.G_ema.cpu(), "generator_raw": s.G.cpu(),
+                            "discriminator": s.D.cpu()},
+                    extra={"params": asdict(p), "step": s.step})
+    write_csv(losses_path, ["step", "loss_d", "loss_g"], s.losses)
+    write_csv(quality_path, ["step", "images_seen", "accuracy", "frechet"], s.quality)
+    mlflow.set_tag("checkpoint_sha256", sha256_file(model_path))
+    example = torch.cat([F.one_hot(torch.arange(4), 10).float(),
+                         torch.randn(4, p.latent_dim, generator=torch.Generator().manual_seed(0))], 1)
+    tracking.log_model(PackedGenerator(s.G_ema.eval()), name="generator", example=example.numpy(),
+                       registered_name="draw-mnist-cgan")
+
+
 def train_gan(*, params: GanParams, data: Path, judge_path: Path, model_path: Path,
               losses_path: Path, quality_path: Path, resume_path: Path) -> dict:
     set_seed(params.seed)
     set_threads(params.threads)
     device = pick_device(params.device)
+    world = distributed.init(device)
+    device = distributed.local_device(device, world)
     configure_cuda(device)
     arrays = load_arrays(data)
     limit = params.train_limit or len(arrays["train_images"])
@@ -172,81 +280,41 @@ def train_gan(*, params: GanParams, data: Path, judge_path: Path, model_path: Pa
     if params.batch_size > len(images):
         raise ParamsError(f"train_gan.batch_size {params.batch_size} is larger than the "
                           f"{len(images)} training images")
+    if params.batch_size % world.size:
+        raise ParamsError(f"train_gan.batch_size {params.batch_size} must divide evenly among "
+                          f"{world.size} processes")
     judge = load_judge(judge_path, device)
-    tracking.check_store(tracking.tracking_uri())  # before any training: fail fast
+    if world.is_main:
+        tracking.check_store(tracking.tracking_uri())  # before any training: fail fast
 
-    # Fixed evaluation material: balanced labels, fixed noise, real reference features.
-    fixed = torch.Generator().manual_seed(params.seed + 2)
-    eval_labels = balanced_labels(params.eval_samples)
-    eval_z = torch.randn(params.eval_samples, params.latent_dim, generator=fixed)
-    grid_labels, grid_z = balanced_labels(100).view(10, 10).t().reshape(-1), eval_z[:100]
-    ref_idx = torch.randperm(len(images), generator=fixed)[:params.eval_samples].cpu()
-    ref_features, _ = features_and_predictions(judge, arrays["train_images"][:limit][ref_idx.numpy()])
-
-    state = GanState(params, device)
-    digest = params.digest()
+    state, digest = GanState(params, device, world), params.digest()
     resumed = try_resume(state, resume_path, digest)
-    steps_per_epoch = len(images) // params.batch_size
-    total_steps = params.epochs * steps_per_epoch
-    run_ctx = tracking.start_run(stage="train_gan", params=asdict(params), run_id=state.run_id)
-    with run_ctx as active:
-        import mlflow
-
-        state.run_id = active.info.run_id
-        if resumed:
-            mlflow.set_tag("resumed_from_step", str(state.step))
-        else:
-            tracking.log_mnist_input(data)
-        nan_streak = 0
-        while state.step < total_steps:
-            epoch, pos = divmod(state.step, steps_per_epoch)
-            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(
-                params.seed * 100003 + epoch)).to(device)
-            idx = order[pos * params.batch_size:(pos + 1) * params.batch_size]
-            state.G.train()
-            loss_d, loss_g = gan_step(state, images[idx], labels[idx], params, device)
-            state.step += 1
-            step = state.step
-            if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
-                nan_streak += 1
-                if params.on_nan == "stop" or nan_streak > params.max_nan_skips:
-                    raise TrainingError(
-                        f"non-finite loss at step {step} (loss_d={loss_d}, loss_g={loss_g}) with "
-                        f"lr_d={params.lr_d}, lr_g={params.lr_g}, loss={params.loss}; lower the "
-                        f"learning rates, or set train_gan.on_nan: skip to drop such updates")
-                print(f"train_gan: step {step}: non-finite loss, update skipped", file=sys.stderr)
-                continue
-            nan_streak = 0
-            if step % params.log_every == 0 or step == total_steps:
-                state.losses.append([step, round(loss_d, 6), round(loss_g, 6)])
-                mlflow.log_metrics({"loss_d": loss_d, "loss_g": loss_g}, step=step)
-            if step % params.sample_every == 0 or step == total_steps:
-                picture = grid(generate(state.G_ema, grid_labels, grid_z), rows=10)
-                tracking.log_image(picture, "fixed_noise_grid", step)
-            if step % params.eval_every == 0 or step == total_steps:
-                fakes = generate(state.G_ema, eval_labels, eval_z)
-                q = quick_score(judge, fakes, eval_labels.numpy(), ref_features)
-                state.quality.append([step, step * params.batch_size, round(q["accuracy"], 5),
-                                      round(q["frechet"], 4)])
-                mlflow.log_metrics({"eval_accuracy": q["accuracy"], "eval_frechet": q["frechet"]},
-                                   step=step)
-            if step % params.checkpoint_every == 0 and step < total_steps:
-                state.save(resume_path, digest)
-
-        save_checkpoint(model_path, kind="gan", config=asdict(params.model_config()),
-                        models={"generator": state.G_ema.cpu(), "generator_raw": state.G.cpu(),
-                                "discriminator": state.D.cpu()},
-                        extra={"params": asdict(params), "step": state.step})
-        write_csv(losses_path, ["step", "loss_d", "loss_g"], state.losses)
-        write_csv(quality_path, ["step", "images_seen", "accuracy", "frechet"], state.quality)
-        mlflow.set_tag("checkpoint_sha256", sha256_file(model_path))
-        packed = PackedGenerator(state.G_ema.eval())
-        example = torch.cat([F.one_hot(torch.arange(4), 10).float(),
-                             torch.randn(4, params.latent_dim, generator=fixed)], dim=1).numpy()
-        tracking.log_model(packed, name="generator", example=example,
-                           registered_name="draw-mnist-cgan")
-    resume_path.unlink(missing_ok=True)  # finished: the next run starts afresh
-    return {"steps": state.step, "resumed": resumed, "final_quality": state.quality[-1]}
+    monitor = Monitor(params=params, judge=judge, arrays=arrays, limit=limit, active=world.is_main)
+    run = (tracking.start_run(stage="train_gan", params=asdict(params), run_id=state.run_id)
+           if world.is_main else contextlib.nullcontext())
+    with run as active:
+        if world.is_main:
+            state.run_id = active.info.run_id
+            tracking.tag_run(resumed_from_step=str(state.step) if resumed else None,
+                             world_size=str(world.size))
+            if not resumed:
+                tracking.log_mnist_input(data)
+        try:
+            train_loop(state, images=images, labels=labels, p=params, world=world, monitor=monitor,
+                       resume_path=resume_path, digest=digest)
+        except TrainingError as err:  # the run ends FAILED; say why where the user looks
+            if world.is_main:
+                tracking.tag_run(error=str(err))
+            raise
+        if world.is_main:
+            save_outputs(state, params, model_path=model_path, losses_path=losses_path,
+                         quality_path=quality_path)
+    world.barrier()
+    if world.is_main:
+        resume_path.unlink(missing_ok=True)  # finished: the next run starts afresh
+    distributed.shutdown()
+    return {"steps": state.step, "resumed": resumed, "world": world.size,
+            "final_quality": state.quality[-1] if state.quality else None}
 
 
 def try_resume(state: GanState, path: Path, digest: str) -> bool:
@@ -279,6 +347,8 @@ def main(argv=None):
     result = train_gan(params=params, data=Path(args.data), judge_path=Path(args.judge),
                        model_path=Path(args.model), losses_path=Path(args.losses),
                        quality_path=Path(args.quality), resume_path=Path(args.resume))
+    if result["final_quality"] is None:  # not rank 0
+        return
     step, seen, acc, fd = result["final_quality"]
     print(f"train_gan: {result['steps']} steps{' (resumed)' if result['resumed'] else ''}; "
           f"judge accuracy {acc:.4f}, Fréchet distance {fd:.3f} on {params.eval_samples} samples")

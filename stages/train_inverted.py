@@ -22,7 +22,8 @@ from mnistgen.data import load_arrays, sha256_file
 from mnistgen.images import grid, to_uint8
 from mnistgen.models import InvertedConfig, InvertedGenerator, config_dict
 from mnistgen.params import ParamsError, RunParams, field, load_section
-from mnistgen.runtime import atomic_write_bytes, save_checkpoint, set_seed, set_threads, pick_device
+from mnistgen.runtime import (atomic_write_bytes, pick_device, replace_dir, save_checkpoint, set_seed,
+                              set_threads, staging_dir)
 from mnistgen.stage import parse_args, run
 
 VARIANTS = ("softmax", "sigmoid")
@@ -88,7 +89,7 @@ def main(argv=None):
     arrays = load_arrays(args.data)
     images = torch.as_tensor(arrays["train_images"]).float() / 255.0  # (60000, 784) in [0, 1]
     labels = torch.as_tensor(arrays["train_labels"]).long()
-    rows = ["variant,step,loss"]
+    rows, staging = ["variant,step,loss"], staging_dir(Path(args.models))
     for variant in params.variants:
         set_seed(params.seed)
         model = InvertedGenerator(InvertedConfig(output=variant))
@@ -103,13 +104,14 @@ def main(argv=None):
                 log_every=params.log_every, grid_every=params.grid_every,
                 on_log=lambda s, v: mlflow.log_metric("loss_per_image", v, step=s),
                 on_grid=lambda s, m=model: tracking.log_image(digits_picture(m), "digits", s))
-            path = Path(args.models) / f"{variant}.pt"
+            path = staging / f"{variant}.pt"
             save_checkpoint(path, kind="inverted", models={"model": model},
                             config=config_dict(model), extra={"params": run_params})
             mlflow.set_tag("checkpoint_sha256", sha256_file(path))
             tracking.log_model(model.eval(), name="inverted", example=onehot(torch.arange(10)).numpy())
         rows += [f"{variant},{step},{loss:.6f}" for step, loss in history]
         print(f"train_inverted: {variant}: final loss per image {history[-1][1]:.4f}")
+    replace_dir(staging, Path(args.models))
     atomic_write_bytes(Path(args.plots), ("\n".join(rows) + "\n").encode())
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from mnistgen import tracking
+from mnistgen import distributed, tracking
 from mnistgen.data import load_arrays
+from mnistgen.distributed import World
 from mnistgen.images import to_model_input
 from mnistgen.models import Judge, JudgeConfig, config_dict
 from mnistgen.params import ParamsError, RunParams, field, load_section
@@ -65,13 +66,17 @@ def accuracy(model, images, labels, device, batch=1000) -> float:
 
 
 def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_decay, shift,
-                     device, seed, log_every=50, on_log=None):
-    """Minimise cross-entropy with AdamW under a one-cycle schedule; images (N,1,28,28)."""
+                     device, seed, log_every=50, on_log=None, world: World = World()):
+    """Minimise cross-entropy with AdamW under a one-cycle schedule; images (N,1,28,28).
+    Under torchrun each rank trains on its slice of every global batch."""
     gen = torch.Generator().manual_seed(seed)
     n = len(images)
     if batch_size > n:
         raise ParamsError(f"batch_size {batch_size} is larger than the {n} training images")
+    if batch_size % world.size:
+        raise ParamsError(f"batch_size {batch_size} must divide evenly among {world.size} processes")
     steps_per_epoch = n // batch_size
+    trained = world.wrap(model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     step = 0
@@ -80,9 +85,10 @@ def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_de
         order = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
-            x = random_shift(images[idx], shift, gen).to(device, non_blocking=True)
+            x = world.shard(random_shift(images[idx], shift, gen)).to(device, non_blocking=True)
+            y = world.shard(labels[idx]).to(device, non_blocking=True)
             # objective: maximise log p(label | image) of the judge
-            loss = F.cross_entropy(model(x), labels[idx].to(device, non_blocking=True))
+            loss = F.cross_entropy(trained(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -97,7 +103,11 @@ def train_judge(*, params: JudgeParams, data: Path, model_path: Path, metrics_pa
     set_seed(params.seed)
     threads = set_threads(params.threads)
     device = pick_device(params.device)
+    world = distributed.init(device)
+    device = distributed.local_device(device, world)
     configure_cuda(device)
+    if world.is_main:
+        tracking.check_store(tracking.tracking_uri())
     arrays = load_arrays(data)
     limit = params.train_limit or len(arrays["train_images"])
     train_x = to_model_input(arrays["train_images"][:limit])
@@ -106,15 +116,22 @@ def train_judge(*, params: JudgeParams, data: Path, model_path: Path, metrics_pa
     test_y = torch.as_tensor(arrays["test_labels"]).long()
 
     model = Judge(JudgeConfig(channels=params.channels, feature_dim=params.feature_dim)).to(device)
+    start = time.perf_counter()
+    if not world.is_main:  # other ranks train and leave outputs and logging to rank 0
+        train_classifier(model=model, images=train_x, labels=train_y, epochs=params.epochs,
+                         batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay,
+                         shift=params.shift, device=device, seed=params.seed, world=world)
+        distributed.shutdown()
+        return {}
     with tracking.start_run(stage="train_judge", params=asdict(params)):
         import mlflow
 
-        start = time.perf_counter()
+        tracking.tag_run(world_size=str(world.size))
         steps = train_classifier(
             model=model, images=train_x, labels=train_y, epochs=params.epochs,
             batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay,
             shift=params.shift, device=device, seed=params.seed, log_every=params.log_every,
-            on_log=lambda step, loss: mlflow.log_metric("train_loss", loss, step=step))
+            on_log=lambda step, loss: mlflow.log_metric("train_loss", loss, step=step), world=world)
         seconds = time.perf_counter() - start
         test_acc = accuracy(model, test_x, test_y, device)
         result = {"test_accuracy": test_acc, "train_seconds": round(seconds, 1),
@@ -126,6 +143,7 @@ def train_judge(*, params: JudgeParams, data: Path, model_path: Path, metrics_pa
         tracking.log_mnist_input(data)
         mlflow.log_metrics({"test_accuracy": test_acc, "train_seconds": seconds})
         tracking.log_model(model.eval(), name="judge", example=test_x[:4].numpy())
+    distributed.shutdown()
     return result
 
 
@@ -134,6 +152,8 @@ def main(argv=None):
     params = load_section(args.params, "train_judge", JudgeParams)
     result = train_judge(params=params, data=Path(args.data), model_path=Path(args.model),
                          metrics_path=Path(args.metrics))
+    if not result:  # not rank 0
+        return
     print(f"train_judge: test accuracy {result['test_accuracy']:.4f} in {result['train_seconds']} s "
           f"({result['train_images_per_s']} images/s, {result['threads']} threads)")
 

@@ -1,0 +1,199 @@
+"""Speed benchmark: matmul peak, training/sampling throughput and FLOP/s utilization, our
+in-memory loop vs. the conventional torchvision Dataset + DataLoader loop, and (with
+--pipeline) the wall time and peak memory of every stage of a default `dvc repro`.
+
+Usage: python -m bench.benchmark [--repeats 7] [--pipeline]    (or `make bench`)
+Prints medians over repeats and the spread (max/min - 1) as a noise figure.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mnistgen.data import load_arrays
+from mnistgen.images import to_model_input
+from mnistgen.models import Judge, JudgeConfig
+from mnistgen.params import load_section
+from mnistgen.runtime import set_threads
+from stages.train_gan import GanParams, GanState, gan_step, generate
+from stages.train_judge import JudgeParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def summary(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"{med:,.0f} (noise {max(values) / min(values) - 1:.0%})"
+
+
+def matmul_peak(repeats: int, n: int = 2048, per_repeat: int = 5) -> list[float]:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    times = timed(lambda: [a @ b for _ in range(per_repeat)], repeats)
+    return [per_repeat * 2 * n ** 3 / t / 1e9 for t in times]
+
+
+def flops_of(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def gan_bench(p: GanParams, images, labels, steps: int, repeats: int):
+    """images/s and FLOPs per image of our loop: indexing in-memory tensors."""
+    state = GanState(p, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+
+    def one_step():
+        idx = torch.randint(0, len(images), (p.batch_size,), generator=gen)
+        z = torch.randn(p.batch_size, p.latent_dim, generator=state.noise)
+        gan_step(state, images[idx], labels[idx], z, p)
+
+    flops = flops_of(one_step) / p.batch_size
+    times = timed(lambda: [one_step() for _ in range(steps)], repeats)
+    return [steps * p.batch_size / t for t in times], flops, state
+
+
+def write_idx(root: Path, arrays: dict) -> None:
+    """The raw files torchvision's MNIST class reads, made from our verified arrays."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, len(x), 28, 28) + x.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(y)) + y.tobytes())
+
+
+def conventional_gan_bench(p: GanParams, arrays: dict, steps: int, repeats: int) -> list[float]:
+    """The well-known examples' loop: torchvision MNIST + ToTensor/Normalize + DataLoader."""
+    from torchvision import datasets, transforms
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_idx(Path(tmp), arrays)
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        loader = torch.utils.data.DataLoader(datasets.MNIST(tmp, train=True, transform=tf),
+                                             batch_size=p.batch_size, shuffle=True)
+        state = GanState(p, torch.device("cpu"))
+        batches = iter(loader)
+
+        def some_steps():
+            nonlocal batches
+            for _ in range(steps):
+                try:
+                    x, y = next(batches)
+                except StopIteration:
+                    batches = iter(loader)
+                    x, y = next(batches)
+                gan_step(state, x, y, torch.randn(len(x), p.latent_dim, generator=state.noise), p)
+
+        return [steps * p.batch_size / t for t in timed(some_steps, repeats)]
+
+
+def judge_bench(p: JudgeParams, images, labels, steps: int, repeats: int):
+    model = Judge(JudgeConfig(channels=p.channels, feature_dim=p.feature_dim))
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
+    gen = torch.Generator().manual_seed(0)
+
+    def one_step():
+        idx = torch.randint(0, len(images), (p.batch_size,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(images[idx]), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    flops = flops_of(one_step) / p.batch_size
+    times = timed(lambda: [one_step() for _ in range(steps)], repeats)
+    return [steps * p.batch_size / t for t in times], flops
+
+
+def pipeline_bench() -> list[tuple[str, str]]:
+    """Run `dvc repro --force` on the default params in a temporary copy of the project and
+    collect each stage's own 'wall ... s, peak memory ... MB' line."""
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(
+            ".venv", "mlflow.db*", "models", "samples", ".resume", "__pycache__", ".dvc"))
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": tmp}
+        for cmd in (["git", "init", "-q"], [str(bin_dir / "dvc"), "init", "-q", "-f"]):
+            subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+        start = time.perf_counter()
+        out = subprocess.run([str(bin_dir / "dvc"), "repro", "--force"], cwd=repo, env=env,
+                             capture_output=True, text=True)
+        total = time.perf_counter() - start
+        if out.returncode != 0:
+            raise SystemExit(f"pipeline failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+        rows = re.findall(r"^(\w+): wall ([\d.]+ s), peak memory (\d+ MB)$", out.stdout, re.M)
+        return [(name, f"{wall}, peak {mem}") for name, wall, mem in rows] + [
+            ("total (dvc repro --force)", f"{total:.0f} s")]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--pipeline", action="store_true", help="also time a default dvc repro")
+    args = parser.parse_args(argv)
+
+    gan_p = load_section(ROOT / "params.yaml", "train_gan", GanParams)
+    judge_p = load_section(ROOT / "params.yaml", "train_judge", JudgeParams)
+    threads = set_threads(gan_p.threads)
+    arrays = load_arrays(ROOT / "data/mnist.npz")
+    images = to_model_input(arrays["train_images"])
+    labels = torch.as_tensor(arrays["train_labels"]).long()
+    print(f"threads {threads}, torch {torch.__version__}, {args.repeats} repeats")
+
+    peak = matmul_peak(args.repeats)
+    peak_med = statistics.median(peak)
+    print(f"matmul fp32 2048^3 peak:         {summary(peak)} GFLOP/s")
+
+    ours, gan_flops, state = gan_bench(gan_p, images, labels, args.steps, args.repeats)
+    conv = conventional_gan_bench(gan_p, arrays, args.steps, args.repeats)
+    util = statistics.median(ours) * gan_flops / 1e9 / peak_med
+    print(f"train_gan ({gan_p.arch}, batch {gan_p.batch_size}): {gan_flops / 1e6:.1f} MFLOP per image")
+    print(f"  our loop:                      {summary(ours)} images/s = {util:.0%} of matmul peak")
+    print(f"  torchvision Dataset+DataLoader:{summary(conv)} images/s")
+    print(f"  ratio ours / conventional:     {statistics.median(ours) / statistics.median(conv):.2f}x")
+
+    judge_ips, judge_flops = judge_bench(judge_p, images, labels, args.steps, args.repeats)
+    print(f"train_judge (batch {judge_p.batch_size}):        {summary(judge_ips)} images/s, "
+          f"{judge_flops / 1e6:.1f} MFLOP/image = "
+          f"{statistics.median(judge_ips) * judge_flops / 1e9 / peak_med:.0%} of peak")
+
+    G = copy.deepcopy(state.G_ema).eval()
+    z = torch.randn(10000, gan_p.latent_dim)
+    y = torch.arange(10000) % 10
+    sample = [10000 / t for t in timed(lambda: generate(G, y, z), args.repeats)]
+    print(f"sampling (GAN, 10k digits):      {summary(sample)} images/s")
+
+    if args.pipeline:
+        print("default pipeline, per stage (one run):")
+        for name, value in pipeline_bench():
+            print(f"  {name:<26} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Shared fixtures: a shrunken copy of the project in a temporary git + DVC repository."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Small enough to run every stage in seconds, big enough to exercise every code path.
+SHRUNK = {
+    "train_judge": {"epochs": 1, "train_limit": 2000, "batch_size": 100, "log_every": 5,
+                    "channels": [8, 16], "feature_dim": 32},
+    "train_inverted": {"steps": 30, "log_every": 5, "grid_every": 10},
+    "train_gan": {"epochs": 2, "train_limit": 1000, "batch_size": 100, "g_hidden": [16, 8],
+                  "d_hidden": [8, 16, 32], "latent_dim": 16, "log_every": 2, "sample_every": 5,
+                  "eval_every": 5, "eval_samples": 100, "checkpoint_every": 4},
+    "sample": {"per_class": 30},
+    "evaluate": {"per_class": 20, "cas_epochs": 1, "cas_batch_size": 50, "cas_channels": [8]},
+}
+
+
+def shrunk_params() -> dict:
+    with open(ROOT / "params.yaml") as f:
+        params = yaml.safe_load(f)
+    for section, values in SHRUNK.items():
+        params[section].update(values)
+    return params
+
+
+def write_params(repo: Path, params: dict) -> None:
+    with open(repo / "params.yaml", "w") as f:
+        yaml.safe_dump(params, f, sort_keys=False)
+
+
+def env_for(repo: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml = this venv's
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.com"
+    return env
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=repo, env=env_for(repo), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(repo, str(BIN / "dvc"), *args, check=check)
+
+
+def make_repo(path: Path, params: dict) -> Path:
+    """Copy the project's code and dvc.yaml into a fresh git + DVC repository."""
+    path.mkdir(parents=True, exist_ok=True)
+    for item in ("mnistgen", "stages", "dvc.yaml", ".gitignore"):
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, path / item)
+    write_params(path, params)
+    sh(path, "git", "init", "-q")
+    dvc(path, "init", "-q")
+    dvc(path, "config", "core.analytics", "false")
+    sh(path, "git", "add", "-A")
+    sh(path, "git", "commit", "-qm", "init")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_npz(tmp_path_factory) -> Path:
+    """The real MNIST artifact, made once per test session by the real download stage."""
+    cached = ROOT / "data" / "mnist.npz"
+    if cached.is_file():
+        return cached
+    out = tmp_path_factory.mktemp("mnist") / "mnist.npz"
+    subprocess.run([sys.executable, "-m", "stages.download", "--out", str(out)], cwd=ROOT, check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory) -> Path:
+    """A shrunken project after one full `dvc repro` (download included)."""
+    repo = make_repo(tmp_path_factory.mktemp("project") / "repo", shrunk_params())
+    result = dvc(repo, "repro")
+    repo.joinpath("first_repro.log").write_text(result.stdout + result.stderr)
+    return repo

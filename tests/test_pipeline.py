@@ -1,0 +1,145 @@
+"""End to end: the real pipeline on shrunken params in a temporary git + DVC repository."""
+import json
+import re
+
+import pytest
+import yaml
+
+from conftest import dvc, sh, write_params
+
+pytestmark = pytest.mark.slow
+STAGES = ["download", "train_judge", "train_inverted", "train_gan", "sample", "evaluate"]
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_first_repro_runs_every_stage_and_writes_outputs(pipeline_repo):
+    assert ran((pipeline_repo / "first_repro.log").read_text()) == set(STAGES)
+    for path in ["data/mnist.npz", "models/judge.pt", "models/inverted/softmax.pt",
+                 "models/inverted/sigmoid.pt", "models/gan.pt", "samples/gan.npz",
+                 "figures/comparison.png", "figures/grid_gan.png", "figures/grid_inverted_softmax.png",
+                 "plots/gan_losses.csv", "plots/gan_quality.csv", "dvc.lock"]:
+        assert (pipeline_repo / path).is_file(), path
+    assert not (pipeline_repo / ".resume/train_gan.pt").exists()  # removed once finished
+
+
+def test_metrics_have_every_row_and_score(pipeline_repo):
+    summary = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
+    assert set(summary["rows"]) == {"real_test", "inverted_softmax", "inverted_sigmoid", "gan"}
+    for row in summary["rows"].values():
+        assert set(row) == {"accuracy", "frechet", "precision", "recall", "diversity", "cas"}
+        assert 0 <= row["accuracy"] <= 1 and row["frechet"] >= 0
+    assert summary["floor_frechet"] == summary["rows"]["real_test"]["frechet"]
+    # the seed's generator draws one image per digit: no diversity, no recall
+    assert summary["rows"]["inverted_softmax"]["diversity"] == 0
+    assert summary["rows"]["inverted_softmax"]["recall"] == 0
+    per_class = json.loads((pipeline_repo / "metrics/per_class.json").read_text())
+    assert set(per_class["gan"]) == {str(c) for c in range(10)}
+    shown = dvc(pipeline_repo, "metrics", "show", "--json").stdout
+    assert "floor_frechet" in shown and "test_accuracy" in shown
+
+
+def test_mlflow_has_every_training_run_with_params_metrics_and_images(pipeline_repo):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    runs = {}
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id]):
+            runs.setdefault(exp.name, []).append(run)
+    assert {k: len(v) for k, v in runs.items()} == {
+        "draw-mnist/train_judge": 1, "draw-mnist/train_inverted": 2,
+        "draw-mnist/train_gan": 1, "draw-mnist/evaluate": 1}
+    gan = runs["draw-mnist/train_gan"][0]
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())["train_gan"]
+    assert gan.data.params["lr_g"] == str(params["lr_g"]) and gan.data.params["epochs"] == "2"
+    assert gan.data.tags["dvc_stage"] == "train_gan" and len(gan.data.tags["git_commit"]) == 40
+    assert len(client.get_metric_history(gan.info.run_id, "loss_d")) >= 5
+    assert client.get_metric_history(gan.info.run_id, "eval_frechet")
+    # evaluation numbers land on the training run they judge
+    assert "eval.frechet" in gan.data.metrics and "eval.cas" in gan.data.metrics
+    images = client.list_artifacts(gan.info.run_id, "images")
+    assert any("fixed_noise_grid" in f.path for f in images)
+    for run in runs["draw-mnist/train_inverted"]:
+        assert "eval.accuracy" in run.data.metrics
+    assert "gan.frechet" in runs["draw-mnist/evaluate"][0].data.metrics
+
+
+def test_second_repro_is_a_noop(pipeline_repo):
+    result = dvc(pipeline_repo, "repro")
+    assert ran(result.stdout + result.stderr) == set()
+
+
+def outs_of(lock_text: str) -> dict:
+    """{path: md5} of every stage output recorded in dvc.lock."""
+    lock = yaml.safe_load(lock_text)
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def test_forced_rerun_gives_byte_identical_outputs(pipeline_repo):
+    before = outs_of((pipeline_repo / "dvc.lock").read_text())
+    result = dvc(pipeline_repo, "repro", "--force")
+    assert ran(result.stdout + result.stderr) == set(STAGES)
+    assert outs_of((pipeline_repo / "dvc.lock").read_text()) == before
+
+
+def test_bad_param_stops_with_the_key_named_and_outputs_intact(pipeline_repo):
+    before = (pipeline_repo / "dvc.lock").read_text()
+    model = (pipeline_repo / "models/gan.pt").read_bytes()
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["train_gan"]["lr_gg"] = 0.1
+    write_params(pipeline_repo, params)
+    try:
+        result = dvc(pipeline_repo, "repro", "train_gan", check=False)
+        assert result.returncode != 0
+        assert "train_gan.lr_gg: unknown key (did you mean 'lr_g'?)" in result.stdout + result.stderr
+    finally:
+        del params["train_gan"]["lr_gg"]
+        write_params(pipeline_repo, params)
+    # outputs are `persist: true` and written by rename, so the failed run left them alone
+    assert (pipeline_repo / "models/gan.pt").read_bytes() == model
+    assert (pipeline_repo / "dvc.lock").read_text() == before
+
+
+def test_editing_train_gan_reruns_only_what_depends_on_it(pipeline_repo):
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["train_gan"]["lr_g"] = 0.0003
+    write_params(pipeline_repo, params)
+    result = dvc(pipeline_repo, "repro")
+    assert ran(result.stdout + result.stderr) == {"train_gan", "sample", "evaluate"}
+
+
+def test_queued_experiments_all_reach_mlflow_and_dvc(pipeline_repo):
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    sh(pipeline_repo, "git", "add", "-A")
+    sh(pipeline_repo, "git", "commit", "-qm", "baseline results")
+    for lr in ("0.0001", "0.0005"):
+        dvc(pipeline_repo, "exp", "run", "--queue", "-S", f"train_gan.lr_d={lr}")
+    dvc(pipeline_repo, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(pipeline_repo, "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    shown = json.loads(dvc(pipeline_repo, "exp", "show", "--json").stdout)
+    exps = [e for baseline in shown for exp in (baseline.get("experiments") or [])
+            for e in exp.get("revs", [])]
+    assert len(exps) == 2
+    for exp in exps:
+        data = exp["data"]
+        assert data["params"]["params.yaml"]["data"]["train_gan"]["lr_d"] in (0.0001, 0.0005)
+        assert "rows" in data["metrics"]["metrics/evaluate.json"]["data"]
+    # both runs landed in the one store at the real repository root (found through DVC_ROOT)
+    client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("draw-mnist/train_gan").experiment_id
+    queued = client.search_runs([exp_id], filter_string="tags.dvc_exp_name != ''")
+    assert len(queued) == 2
+    assert {r.data.params["lr_d"] for r in queued} == {"0.0001", "0.0005"}
+    assert all(r.info.status == "FINISHED" and "eval.frechet" in r.data.metrics for r in queued)

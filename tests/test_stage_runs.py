@@ -1,0 +1,201 @@
+"""Stage scripts run directly against a trained shrunken project: faults and bad input
+(each must fail with a clear message, a non-zero exit, and leave earlier outputs and MLflow
+runs as they were), kill -9 and resume, and data-parallel training under torchrun."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import env_for
+from mnistgen import tracking
+
+pytestmark = pytest.mark.slow
+
+GAN_OUTS = ["--model", "models/gan.pt", "--losses", "plots/gan_losses.csv",
+            "--quality", "plots/gan_quality.csv", "--resume", ".resume/train_gan.pt"]
+
+
+def stage(repo, module, *args, env=None, params="params.yaml"):
+    cmd = [sys.executable, "-m", f"stages.{module}", "--params", params, *args]
+    return subprocess.run(cmd, cwd=repo, env={**env_for(repo), **(env or {})},
+                          capture_output=True, text=True)
+
+
+def train_gan(repo, params="params.yaml", env=None):
+    return stage(repo, "train_gan", "--data", "data/mnist.npz", "--judge", "models/judge.pt",
+                 *GAN_OUTS, params=params, env=env)
+
+
+def snapshot(repo):
+    """Bytes of every output and the count of MLflow runs."""
+    files = {p: (repo / p).read_bytes() for p in ["models/gan.pt", "models/judge.pt",
+                                                  "plots/gan_losses.csv", "metrics/evaluate.json"]}
+    with sqlite3.connect(repo / "mlflow.db") as con:
+        runs = con.execute("select run_uuid, status from runs order by run_uuid").fetchall()
+    return files, runs
+
+
+def gan_params(repo, **changes):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train_gan"].update(changes)
+    path = repo / "fault_params.yaml"
+    with open(path, "w") as f:
+        yaml.safe_dump(params, f)
+    return path.name
+
+
+def assert_failed_cleanly(result, repo, before, *phrases):
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output, output
+    for phrase in phrases:
+        assert phrase in output, output
+    files, runs = snapshot(repo)
+    assert files == before[0]
+    # earlier runs are untouched; a run that training had opened is marked FAILED, not lost
+    assert set(before[1]) <= set(runs)
+    assert all(status == "FAILED" for _, status in set(runs) - set(before[1]))
+
+
+def test_batch_larger_than_the_data(pipeline_repo):
+    before = snapshot(pipeline_repo)
+    result = train_gan(pipeline_repo, gan_params(pipeline_repo, train_limit=50, batch_size=64))
+    assert_failed_cleanly(result, pipeline_repo, before,
+                          "train_gan.batch_size 64 is larger than the 50 training images")
+
+
+def test_mistyped_param(pipeline_repo):
+    before = snapshot(pipeline_repo)
+    result = train_gan(pipeline_repo, gan_params(pipeline_repo, epochs="many"))
+    assert_failed_cleanly(result, pipeline_repo, before, "train_gan.epochs: expected an integer")
+
+
+def test_corrupt_data_file(pipeline_repo, tmp_path):
+    before = snapshot(pipeline_repo)
+    bad = tmp_path / "mnist.npz"
+    bad.write_bytes((pipeline_repo / "data/mnist.npz").read_bytes()[:5000])
+    result = stage(pipeline_repo, "train_judge", "--data", str(bad), "--model", "models/judge.pt",
+                   "--metrics", "metrics/judge.json")
+    assert_failed_cleanly(result, pipeline_repo, before, "corrupt or truncated")
+
+
+def test_truncated_checkpoint(pipeline_repo, tmp_path):
+    before = snapshot(pipeline_repo)
+    bad = tmp_path / "judge.pt"
+    bad.write_bytes((pipeline_repo / "models/judge.pt").read_bytes()[:3000])
+    result = stage(pipeline_repo, "train_gan", "--data", "data/mnist.npz", "--judge", str(bad),
+                   *GAN_OUTS)
+    assert_failed_cleanly(result, pipeline_repo, before, "corrupt or truncated checkpoint")
+
+
+def test_unreachable_tracking_server_is_reported_before_training(pipeline_repo):
+    before = snapshot(pipeline_repo)
+    start = time.monotonic()
+    result = train_gan(pipeline_repo, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert_failed_cleanly(result, pipeline_repo, before, "http://127.0.0.1:9 is unreachable")
+    assert time.monotonic() - start < 60  # no training happened first
+
+
+def test_locked_tracking_store(pipeline_repo):
+    before = snapshot(pipeline_repo)
+    holder = sqlite3.connect(pipeline_repo / "mlflow.db", timeout=1)
+    holder.execute("BEGIN EXCLUSIVE")  # another program holds the store
+    try:
+        result = train_gan(pipeline_repo)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert_failed_cleanly(result, pipeline_repo, before, "cannot be written", "database is locked")
+
+
+def test_read_only_store_is_named(tmp_path, monkeypatch):
+    # Tests run as root here, which writes through file modes; so the check's input is faked.
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(tracking.TrackingError, match="is read-only"):
+        tracking.check_store(f"sqlite:///{db}")
+
+
+def test_nan_loss_stops_with_step_and_params(pipeline_repo):
+    before = snapshot(pipeline_repo)
+    result = train_gan(pipeline_repo, gan_params(pipeline_repo, lr_d=1e30, lr_g=1e30))
+    assert_failed_cleanly(result, pipeline_repo, before, "non-finite loss at step",
+                          "lr_d=1e+30", "on_nan: skip")
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    failed = client.search_runs([client.get_experiment_by_name("draw-mnist/train_gan").experiment_id],
+                                filter_string="attributes.status = 'FAILED'")
+    assert any("non-finite loss" in r.data.tags.get("error", "") for r in failed)
+
+
+def test_nan_loss_with_on_nan_skip_gives_up_after_max_skips(pipeline_repo):
+    before = snapshot(pipeline_repo)
+    result = train_gan(pipeline_repo, gan_params(pipeline_repo, lr_d=1e30, lr_g=1e30,
+                                                 on_nan="skip", max_nan_skips=3))
+    assert_failed_cleanly(result, pipeline_repo, before, "update skipped", "non-finite loss at step")
+
+
+def test_kill_9_then_rerun_resumes_and_never_leaves_half_outputs(pipeline_repo):
+    before_model = (pipeline_repo / "models/gan.pt").read_bytes()
+    params = gan_params(pipeline_repo, epochs=30, checkpoint_every=3)
+    resume = pipeline_repo / ".resume/train_gan.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train_gan", "--params", params, "--data",
+                             "data/mnist.npz", "--judge", "models/judge.pt", *GAN_OUTS],
+                            cwd=pipeline_repo, env=env_for(pipeline_repo),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not resume.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert resume.exists()
+    assert (pipeline_repo / "models/gan.pt").read_bytes() == before_model  # untouched
+    # a write cut short can only leave a hidden temporary file, never a file under a real name
+    visible = {p.name for p in (pipeline_repo / "models").iterdir() if not p.name.startswith(".")}
+    assert visible == {"gan.pt", "judge.pt", "inverted"}
+
+    result = train_gan(pipeline_repo, params)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from step" in result.stderr
+    resumed_from = int(result.stderr.split("resuming from step ")[1].split()[0])
+    assert resumed_from >= 3
+    assert not resume.exists()
+    # one MLflow run for the whole (interrupted + resumed) training
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("draw-mnist/train_gan").experiment_id],
+                              filter_string=f"tags.resumed_from_step = '{resumed_from}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_torchrun_two_cpu_processes_give_one_checkpoint_and_one_run(pipeline_repo):
+    from mlflow.tracking import MlflowClient
+
+    from mnistgen.generators import load_gan
+
+    client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("draw-mnist/train_gan").experiment_id
+    runs_before = len(client.search_runs([exp_id]))
+    params = gan_params(pipeline_repo, threads=1, epochs=1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "stages.train_gan", "--params", params, "--data", "data/mnist.npz",
+           "--judge", "models/judge.pt", "--model", "models/gan_ddp.pt",
+           "--losses", "ddp_losses.csv", "--quality", "ddp_quality.csv",
+           "--resume", ".resume/ddp.pt"]
+    result = subprocess.run(cmd, cwd=pipeline_repo, env=env_for(pipeline_repo),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    drawer = load_gan(pipeline_repo / "models/gan_ddp.pt")  # a valid, loadable checkpoint
+    import torch
+    images = drawer.draw(torch.arange(10), torch.Generator().manual_seed(0))
+    assert images.shape == (10, 784)
+    runs = client.search_runs([exp_id], order_by=["attributes.start_time DESC"])
+    assert len(runs) == runs_before + 1  # only rank 0 logs
+    assert runs[0].data.tags["world_size"] == "2" and runs[0].info.status == "FINISHED"
