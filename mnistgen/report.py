@@ -17,7 +17,9 @@ def table(summary: dict, judge: dict) -> str:
     floor = summary["floor_frechet"]
     lines = ["| generator | judge accuracy | Fréchet distance (x floor) | precision | recall "
              "| diversity | CAS |", "|---|---|---|---|---|---|---|"]
-    for name, row in summary["rows"].items():
+    order = lambda name: (name != "real_test", name != "inverted_softmax", name == "gan", name)  # noqa: E731
+    for name in sorted(summary["rows"], key=order):
+        row = summary["rows"][name]
         ratio = row["frechet"] / floor if floor else float("inf")
         lines.append(f"| {LABELS.get(name, name)} | {row['accuracy']:.2%} | {row['frechet']:.2f} "
                      f"({ratio:.1f}x) | {row['precision']:.3f} | {row['recall']:.3f} "
