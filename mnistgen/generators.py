@@ -10,14 +10,15 @@ from torch.nn import functional as F
 from mnistgen.data import sha256_file
 from mnistgen.images import to_uint8
 from mnistgen.models import build
-from mnistgen.runtime import load_checkpoint
+from mnistgen.runtime import fast_layout, load_checkpoint
 
 
 class Drawer:
     """A trained generator: name, latent size (0 = deterministic) and a draw function."""
 
     def __init__(self, name: str, model, latent_dim: int, kind: str, path: Path):
-        self.name, self.model, self.latent_dim, self.kind = name, model.eval(), latent_dim, kind
+        self.name, self.latent_dim, self.kind = name, latent_dim, kind
+        self.model = fast_layout(model).eval()
         self.checkpoint_sha256 = sha256_file(path)  # links samples to the MLflow training run
 
     @torch.no_grad()

@@ -9,14 +9,14 @@ import torch
 from mnistgen.images import to_model_input
 from mnistgen.metrics import frechet_distance
 from mnistgen.models import build
-from mnistgen.runtime import load_checkpoint
+from mnistgen.runtime import fast_layout, load_checkpoint
 
 
 def load_judge(path: Path, device: torch.device = torch.device("cpu")):
     payload = load_checkpoint(path, "judge")
     judge = build("judge", payload["config"])
     judge.load_state_dict(payload["state"]["model"])
-    return judge.to(device).eval()
+    return fast_layout(judge.to(device)).eval()
 
 
 @torch.no_grad()

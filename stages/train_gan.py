@@ -31,8 +31,8 @@ from mnistgen.images import grid, to_model_input, to_uint8
 from mnistgen.judging import features_and_predictions, load_judge, quick_score
 from mnistgen.models import Discriminator, GanConfig, Generator, PackedGenerator
 from mnistgen.params import ParamsError, RunParams, field, load_section
-from mnistgen.runtime import (CheckpointError, atomic_write_bytes, configure_cuda, load_checkpoint,
-                              pick_device, save_checkpoint, set_seed, set_threads)
+from mnistgen.runtime import (CheckpointError, atomic_write_bytes, configure_cuda, fast_layout,
+                              load_checkpoint, pick_device, save_checkpoint, set_seed, set_threads)
 from mnistgen.stage import TrainingError, parse_args, run
 
 
@@ -92,7 +92,8 @@ class GanState:
 
     def __init__(self, params: GanParams, device: torch.device, world: World = World()):
         cfg = params.model_config()
-        self.G, self.D = Generator(cfg).to(device), Discriminator(cfg).to(device)
+        self.G = fast_layout(Generator(cfg).to(device))
+        self.D = fast_layout(Discriminator(cfg).to(device))
         self.G_ema = copy.deepcopy(self.G).eval()
         self.G_train, self.D_train = world.wrap(self.G, device), world.wrap(self.D, device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=params.lr_g, betas=(params.beta1, params.beta2))

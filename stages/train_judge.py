@@ -19,8 +19,8 @@ from mnistgen.distributed import World
 from mnistgen.images import to_model_input
 from mnistgen.models import Judge, JudgeConfig, config_dict
 from mnistgen.params import ParamsError, RunParams, field, load_section
-from mnistgen.runtime import (configure_cuda, pick_device, save_checkpoint, set_seed, set_threads,
-                              write_json)
+from mnistgen.runtime import (configure_cuda, fast_layout, pick_device, save_checkpoint, set_seed,
+                              set_threads, write_json)
 from mnistgen.stage import parse_args, run
 
 
@@ -76,7 +76,7 @@ def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_de
     if batch_size % world.size:
         raise ParamsError(f"batch_size {batch_size} must divide evenly among {world.size} processes")
     steps_per_epoch = n // batch_size
-    trained = world.wrap(model, device)
+    trained = world.wrap(fast_layout(model), device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     step = 0

@@ -77,17 +77,6 @@ def make_repo(path: Path, params: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def mnist_npz(tmp_path_factory) -> Path:
-    """The real MNIST artifact, made once per test session by the real download stage."""
-    cached = ROOT / "data" / "mnist.npz"
-    if cached.is_file():
-        return cached
-    out = tmp_path_factory.mktemp("mnist") / "mnist.npz"
-    subprocess.run([sys.executable, "-m", "stages.download", "--out", str(out)], cwd=ROOT, check=True)
-    return out
-
-
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory) -> Path:
     """A shrunken project after one full `dvc repro` (download included)."""
