@@ -27,7 +27,7 @@ from mnistgen.data import load_arrays
 from mnistgen.images import to_model_input
 from mnistgen.models import Judge, JudgeConfig
 from mnistgen.params import load_section
-from mnistgen.runtime import set_threads
+from mnistgen.runtime import fast_layout, set_threads
 from stages.train_gan import GanParams, GanState, gan_step, generate
 from stages.train_judge import JudgeParams
 
@@ -112,7 +112,7 @@ def conventional_gan_bench(p: GanParams, arrays: dict, steps: int, repeats: int)
 
 
 def judge_bench(p: JudgeParams, images, labels, steps: int, repeats: int):
-    model = Judge(JudgeConfig(channels=p.channels, feature_dim=p.feature_dim))
+    model = fast_layout(Judge(JudgeConfig(channels=p.channels, feature_dim=p.feature_dim)))
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
     gen = torch.Generator().manual_seed(0)
 

@@ -89,7 +89,7 @@ def main(argv=None):
     arrays = load_arrays(args.data)
     images = torch.as_tensor(arrays["train_images"]).float() / 255.0  # (60000, 784) in [0, 1]
     labels = torch.as_tensor(arrays["train_labels"]).long()
-    rows, staging = ["variant,step,loss"], staging_dir(Path(args.models))
+    curves, staging = {}, staging_dir(Path(args.models))
     for variant in params.variants:
         set_seed(params.seed)
         model = InvertedGenerator(InvertedConfig(output=variant))
@@ -109,9 +109,13 @@ def main(argv=None):
                             config=config_dict(model), extra={"params": run_params})
             mlflow.set_tag("checkpoint_sha256", sha256_file(path))
             tracking.log_model(model.eval(), name="inverted", example=onehot(torch.arange(10)).numpy())
-        rows += [f"{variant},{step},{loss:.6f}" for step, loss in history]
+        curves[variant] = dict(history)
         print(f"train_inverted: {variant}: final loss per image {history[-1][1]:.4f}")
     replace_dir(staging, Path(args.models))
+    # wide CSV (step, one loss column per variant): one line per variant in `dvc plots`
+    steps = sorted(set().union(*curves.values()))
+    rows = [",".join(["step", *curves])] + [
+        ",".join([str(step)] + [f"{curve[step]:.6f}" for curve in curves.values()]) for step in steps]
     atomic_write_bytes(Path(args.plots), ("\n".join(rows) + "\n").encode())
 
 
