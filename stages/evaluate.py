@@ -64,8 +64,11 @@ def cas(*, images, labels, test_x, test_y, params: EvaluateParams, device) -> fl
     return accuracy(model, test_x, test_y, device)
 
 
-def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, device) -> tuple[dict, dict]:
-    """Summary and per-class metrics of one row of samples (class-major order)."""
+def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, device,
+              cas_train=None) -> tuple[dict, dict]:
+    """Summary and per-class metrics of one row of samples (class-major order). CAS trains
+    on the row's own digits, or on `cas_train` = (images, labels) when given."""
+    cas_images, cas_labels = cas_train if cas_train is not None else (images, labels)
     feats, preds = features_and_predictions(judge, images)
     precision, recall = precision_recall(ref_features, feats, k=params.k)
     diversity = within_class_diversity(feats, labels)
@@ -73,7 +76,7 @@ def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, de
                "frechet": frechet_distance(ref_features, feats),
                "precision": precision, "recall": recall,
                "diversity": float(np.mean(list(diversity.values()))),
-               "cas": cas(images=images, labels=labels, test_x=test_x, test_y=test_y,
+               "cas": cas(images=cas_images, labels=cas_labels, test_x=test_x, test_y=test_y,
                           params=params, device=device)}
     ref_labels = np.arange(10).repeat(params.per_class)
     per_class = {str(c): {"accuracy": float((preds[labels == c] == c).mean()),
@@ -118,10 +121,9 @@ def evaluate(*, params: EvaluateParams, data: Path, judge_path: Path, samples_di
     for name, (images, labels) in rows.items():
         summary[name], per_class[name] = score_row(
             images=images, labels=labels.astype(np.int64), judge=judge, ref_features=ref_features,
-            params=params, test_x=test_x, test_y=test_y, device=device)
-        if name == REAL:  # real-data CAS trains on real training digits, not on the test set
-            summary[name]["cas"] = cas(images=ref_images, labels=ref_labels, test_x=test_x,
-                                       test_y=test_y, params=params, device=device)
+            params=params, test_x=test_x, test_y=test_y, device=device,
+            # real-data CAS trains on as many real *training* digits, never on the test set
+            cas_train=(ref_images, ref_labels.astype(np.int64)) if name == REAL else None)
         print(f"evaluate: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[name].items()))
     return rounded(summary), rounded(per_class), sources
 
