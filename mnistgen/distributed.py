@@ -58,10 +58,6 @@ def local_device(device: torch.device, world: World) -> torch.device:
     return device
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

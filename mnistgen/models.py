@@ -189,7 +189,3 @@ def build(kind: str, config: dict) -> nn.Module:
 
 def config_dict(model: nn.Module) -> dict:
     return dataclasses.asdict(model.cfg)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
