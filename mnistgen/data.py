@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from mnistgen.runtime import write_npz
 
 # sha256 of the raw C-order bytes of each uint8 array (see shared/NOTES.md).
 ARRAY_SHA256 = {
@@ -151,11 +152,7 @@ def obtain_mnist(sources: list[str], workdir: Path) -> tuple[dict, str]:
 
 def save_arrays(arrays: dict, path: Path) -> None:
     """Write the .npz atomically: a half-written file is never left under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    write_npz(path, **arrays)
 
 
 def load_arrays(path: str | Path, verify: bool = True) -> dict:

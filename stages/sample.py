@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 from mnistgen.generators import load_all
 from mnistgen.images import grid, save_png
 from mnistgen.params import RunParams, field, load_section
-from mnistgen.runtime import (atomic_write_bytes, pick_device, replace_dir, set_seed, set_threads,
-                              staging_dir)
+from mnistgen.runtime import (pick_device, replace_dir, set_seed, set_threads, staging_dir,
+                              write_npz)
 from mnistgen.stage import parse_args, run
 
 
@@ -32,14 +32,6 @@ def draw_samples(drawer, per_class: int, seed: int) -> tuple[np.ndarray, np.ndar
     """uint8 (10*per_class, 784) and labels, in class-major order."""
     labels = torch.arange(10).repeat_interleave(per_class)
     return drawer.draw(labels, torch.Generator().manual_seed(seed)), labels.numpy().astype(np.uint8)
-
-
-def save_npz(path: Path, **arrays) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def titled(picture: np.ndarray, title: str) -> np.ndarray:
@@ -72,7 +64,7 @@ def sample(*, params: SampleParams, inverted_dir: Path, gan_path: Path, samples_
     pictures = {}
     for drawer in drawers:
         images, labels = draw_samples(drawer, params.per_class, params.seed)
-        save_npz(samples_dir / f"{drawer.name}.npz", images=images, labels=labels,
+        write_npz(samples_dir / f"{drawer.name}.npz", images=images, labels=labels,
                  checkpoint_sha256=np.array(drawer.checkpoint_sha256))
         # rows = digits 0..9, columns = the first grid_columns samples of each digit
         cols = min(params.grid_columns, params.per_class)
