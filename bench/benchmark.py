@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import re
 import shutil
 import statistics
@@ -20,14 +21,15 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnistgen.data import load_arrays
 from mnistgen.images import to_model_input
-from mnistgen.models import Judge, JudgeConfig
+from mnistgen.models import Discriminator, Generator, Judge, JudgeConfig
 from mnistgen.params import load_section
-from mnistgen.runtime import fast_layout, set_threads
-from stages.train_gan import GanParams, GanState, gan_step, generate
+from mnistgen.runtime import autocast, fast_layout, resolve_precision, set_threads
+from stages.train_gan import GanParams, GanState, g_loss_fn, gan_step, generate
 from stages.train_judge import JudgeParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +50,9 @@ def summary(values: list[float]) -> str:
     return f"{med:,.0f} (noise {max(values) / min(values) - 1:.0%})"
 
 
-def matmul_peak(repeats: int, n: int = 2048, per_repeat: int = 5) -> list[float]:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(repeats: int, n: int = 2048, per_repeat: int = 5,
+                dtype: torch.dtype = torch.float32) -> list[float]:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     times = timed(lambda: [a @ b for _ in range(per_repeat)], repeats)
     return [per_repeat * 2 * n ** 3 / t / 1e9 for t in times]
 
@@ -86,7 +89,9 @@ def write_idx(root: Path, arrays: dict) -> None:
 
 
 def conventional_gan_bench(p: GanParams, arrays: dict, steps: int, repeats: int) -> list[float]:
-    """The well-known examples' loop: torchvision MNIST + ToTensor/Normalize + DataLoader."""
+    """The well-known examples' loop on the same models (PyTorch's DCGAN example, made
+    conditional): torchvision MNIST + ToTensor/Normalize + DataLoader with default settings,
+    default memory layout, fp32, and D run separately on the real and the fake batch."""
     from torchvision import datasets, transforms
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,18 +99,35 @@ def conventional_gan_bench(p: GanParams, arrays: dict, steps: int, repeats: int)
         tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
         loader = torch.utils.data.DataLoader(datasets.MNIST(tmp, train=True, transform=tf),
                                              batch_size=p.batch_size, shuffle=True)
-        state = GanState(p, torch.device("cpu"))
+        cfg = p.model_config()
+        G, D = Generator(cfg), Discriminator(cfg)
+        opt_g = torch.optim.Adam(G.parameters(), lr=p.lr_g, betas=(p.beta1, p.beta2))
+        opt_d = torch.optim.Adam(D.parameters(), lr=p.lr_d, betas=(p.beta1, p.beta2))
         batches = iter(loader)
+
+        hinge = p.loss == "hinge"
+
+        def one_step(real, y):
+            D.zero_grad()
+            scores = D(real, y)
+            (F.relu(1 - scores) if hinge else F.softplus(-scores)).mean().backward()
+            fake = G(torch.randn(len(real), p.latent_dim), y)
+            scores = D(fake.detach(), y)
+            (F.relu(1 + scores) if hinge else F.softplus(scores)).mean().backward()
+            opt_d.step()
+            G.zero_grad()
+            g_loss_fn(p.loss, D(fake, y)).backward()
+            opt_g.step()
 
         def some_steps():
             nonlocal batches
             for _ in range(steps):
                 try:
-                    x, y = next(batches)
+                    real, y = next(batches)
                 except StopIteration:
                     batches = iter(loader)
-                    x, y = next(batches)
-                gan_step(state, x, y, torch.randn(len(x), p.latent_dim, generator=state.noise), p)
+                    real, y = next(batches)
+                one_step(real, y)
 
         return [steps * p.batch_size / t for t in timed(some_steps, repeats)]
 
@@ -114,17 +136,20 @@ def judge_bench(p: JudgeParams, images, labels, steps: int, repeats: int):
     model = fast_layout(Judge(JudgeConfig(channels=p.channels, feature_dim=p.feature_dim)))
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
     gen = torch.Generator().manual_seed(0)
+    cpu = torch.device("cpu")
+    precision = resolve_precision(p.precision, cpu)
 
     def one_step():
         idx = torch.randint(0, len(images), (p.batch_size,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(model(images[idx]), labels[idx])
+        with autocast(cpu, precision):
+            loss = torch.nn.functional.cross_entropy(model(images[idx]).float(), labels[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
 
     flops = flops_of(one_step) / p.batch_size
     times = timed(lambda: [one_step() for _ in range(steps)], repeats)
-    return [steps * p.batch_size / t for t in times], flops
+    return [steps * p.batch_size / t for t in times], flops, precision
 
 
 def pipeline_bench() -> list[tuple[str, str]]:
@@ -166,20 +191,28 @@ def main(argv=None) -> int:
 
     peak = matmul_peak(args.repeats)
     peak_med = statistics.median(peak)
-    print(f"matmul fp32 2048^3 peak:         {summary(peak)} GFLOP/s")
+    bf16_peak = matmul_peak(args.repeats, dtype=torch.bfloat16)
+    print(f"matmul fp32 2048^3 peak:         {summary(peak)} GFLOP/s   (the reference)")
+    print(f"matmul bf16 2048^3:              {summary(bf16_peak)} GFLOP/s")
+
+    def util(ips, flops):
+        return f"{statistics.median(ips) * flops / 1e9 / peak_med:.0%} of fp32 peak"
 
     ours, gan_flops, state = gan_bench(gan_p, images, labels, args.steps, args.repeats)
+    fp32, _, _ = gan_bench(dataclasses.replace(gan_p, precision="fp32"), images, labels,
+                           args.steps, args.repeats)
     conv = conventional_gan_bench(gan_p, arrays, args.steps, args.repeats)
-    util = statistics.median(ours) * gan_flops / 1e9 / peak_med
     print(f"train_gan ({gan_p.arch}, batch {gan_p.batch_size}): {gan_flops / 1e6:.1f} MFLOP per image")
-    print(f"  our loop:                      {summary(ours)} images/s = {util:.0%} of matmul peak")
-    print(f"  torchvision Dataset+DataLoader:{summary(conv)} images/s")
-    print(f"  ratio ours / conventional:     {statistics.median(ours) / statistics.median(conv):.2f}x")
+    print(f"  our loop ({state.precision}):{'':<{17 - len(state.precision)}}"
+          f"{summary(ours)} images/s = {util(ours, gan_flops)}")
+    print(f"  our loop (fp32):               {summary(fp32)} images/s = {util(fp32, gan_flops)}")
+    print(f"  conventional loop (DataLoader):{summary(conv)} images/s = {util(conv, gan_flops)}")
+    print(f"  ratio ours / conventional:     {statistics.median(ours) / statistics.median(conv):.2f}x"
+          f" (fp32 only: {statistics.median(fp32) / statistics.median(conv):.2f}x)")
 
-    judge_ips, judge_flops = judge_bench(judge_p, images, labels, args.steps, args.repeats)
-    print(f"train_judge (batch {judge_p.batch_size}):        {summary(judge_ips)} images/s, "
-          f"{judge_flops / 1e6:.1f} MFLOP/image = "
-          f"{statistics.median(judge_ips) * judge_flops / 1e9 / peak_med:.0%} of peak")
+    judge_ips, judge_flops, judge_prec = judge_bench(judge_p, images, labels, args.steps, args.repeats)
+    print(f"train_judge (batch {judge_p.batch_size}, {judge_prec}): {summary(judge_ips)} images/s, "
+          f"{judge_flops / 1e6:.1f} MFLOP/image = {util(judge_ips, judge_flops)}")
 
     G = copy.deepcopy(state.G_ema).eval()
     z = torch.randn(10000, gan_p.latent_dim)

@@ -19,8 +19,8 @@ from mnistgen.distributed import World
 from mnistgen.images import to_model_input
 from mnistgen.models import Judge, JudgeConfig, config_dict
 from mnistgen.params import ParamsError, RunParams, field, load_section
-from mnistgen.runtime import (configure_cuda, fast_layout, pick_device, save_checkpoint, set_seed,
-                              set_threads, write_json)
+from mnistgen.runtime import (autocast, configure_cuda, fast_layout, pick_device, resolve_precision,
+                              save_checkpoint, set_seed, set_threads, write_json)
 from mnistgen.stage import parse_args, run
 
 
@@ -33,6 +33,8 @@ class JudgeParams(RunParams):
     channels: list[int] = field([32, 64, 128], lo=1, hi=1024)
     feature_dim: int = field(128, lo=2, hi=4096)
     shift: int = field(2, lo=0, hi=6, doc="random translation in pixels (augmentation)")
+    precision: str = field("auto", choices=("auto", "fp32", "bf16"),
+                           doc="bf16 mixed precision; auto = bf16 where the device has bf16 units")
     train_limit: int = field(0, lo=0, doc="use only the first N training images; 0 = all")
     log_every: int = field(50, lo=1)
 
@@ -66,7 +68,8 @@ def accuracy(model, images, labels, device, batch=1000) -> float:
 
 
 def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_decay, shift,
-                     device, seed, log_every=50, on_log=None, world: World = World()):
+                     device, seed, precision="fp32", log_every=50, on_log=None,
+                     world: World = World()):
     """Minimise cross-entropy with AdamW under a one-cycle schedule; images (N,1,28,28).
     Under torchrun each rank trains on its slice of every global batch."""
     gen = torch.Generator().manual_seed(seed)
@@ -88,7 +91,8 @@ def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_de
             x = world.shard(random_shift(images[idx], shift, gen)).to(device, non_blocking=True)
             y = world.shard(labels[idx]).to(device, non_blocking=True)
             # objective: maximise log p(label | image) of the judge
-            loss = F.cross_entropy(trained(x), y)
+            with autocast(device, precision):
+                loss = F.cross_entropy(trained(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -106,6 +110,7 @@ def train_judge(*, params: JudgeParams, data: Path, model_path: Path, metrics_pa
     world = distributed.init(device)
     device = distributed.local_device(device, world)
     configure_cuda(device)
+    precision = resolve_precision(params.precision, device)
     if world.is_main:
         tracking.check_store(tracking.tracking_uri())
     arrays = load_arrays(data)
@@ -120,23 +125,25 @@ def train_judge(*, params: JudgeParams, data: Path, model_path: Path, metrics_pa
     if not world.is_main:  # other ranks train and leave outputs and logging to rank 0
         train_classifier(model=model, images=train_x, labels=train_y, epochs=params.epochs,
                          batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay,
-                         shift=params.shift, device=device, seed=params.seed, world=world)
+                         shift=params.shift, device=device, seed=params.seed, precision=precision,
+                         world=world)
         distributed.shutdown()
         return {}
     with tracking.start_run(stage="train_judge", params=asdict(params)):
         import mlflow
 
-        tracking.tag_run(world_size=str(world.size))
+        tracking.tag_run(world_size=str(world.size), precision=precision)
         steps = train_classifier(
             model=model, images=train_x, labels=train_y, epochs=params.epochs,
             batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay,
-            shift=params.shift, device=device, seed=params.seed, log_every=params.log_every,
+            shift=params.shift, device=device, seed=params.seed, precision=precision,
+            log_every=params.log_every,
             on_log=lambda step, loss: mlflow.log_metric("train_loss", loss, step=step), world=world)
         seconds = time.perf_counter() - start
         test_acc = accuracy(model, test_x, test_y, device)
         result = {"test_accuracy": test_acc, "train_seconds": round(seconds, 1),
                   "train_images_per_s": round(steps * params.batch_size / seconds, 1),
-                  "threads": threads}
+                  "threads": threads, "precision": precision}
         save_checkpoint(model_path, kind="judge", models={"model": model.cpu()},
                         config=config_dict(model), extra={"params": asdict(params)})
         write_json(metrics_path, {"test_accuracy": round(test_acc, 5)})
@@ -155,7 +162,8 @@ def main(argv=None):
     if not result:  # not rank 0
         return
     print(f"train_judge: test accuracy {result['test_accuracy']:.4f} in {result['train_seconds']} s "
-          f"({result['train_images_per_s']} images/s, {result['threads']} threads)")
+          f"({result['train_images_per_s']} images/s, {result['threads']} threads, "
+          f"{result['precision']})")
 
 
 if __name__ == "__main__":
