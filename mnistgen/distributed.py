@@ -34,6 +34,15 @@ class World:
         ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
+    def all_finite(self, value: torch.Tensor) -> bool:
+        """Whether `value` is finite on every rank. Ranks must skip or apply an update
+        together: a rank that skips its backward leaves the others waiting forever in DDP's
+        gradient all-reduce."""
+        ok = torch.isfinite(value.detach()).all().to(torch.int32).reshape(1)  # on value's device
+        if self.size > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()

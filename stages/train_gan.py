@@ -99,6 +99,7 @@ class GanState:
         self.G = fast_layout(Generator(cfg).to(device))
         self.D = fast_layout(Discriminator(cfg).to(device))
         self.G_ema = copy.deepcopy(self.G).eval()
+        self.world = world
         self.G_train, self.D_train = world.wrap(self.G, device), world.wrap(self.D, device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=params.lr_g, betas=(params.beta1, params.beta2))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=params.lr_d, betas=(params.beta1, params.beta2))
@@ -136,7 +137,7 @@ def g_loss_fn(kind, fake_scores):
 def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
     """One update of D, then of G, on real (B, 1, 28, 28), labels (B,), noise z (B, latent).
 
-    An update whose loss is not finite is not applied; its loss comes back as NaN/inf.
+    An update whose loss is not finite (on any rank) is not applied; its loss comes back NaN.
     """
     with s.autocast():
         fake = s.G_train(z, labels)
@@ -144,19 +145,21 @@ def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
         scores = s.D_train(torch.cat([real, fake.detach()]), torch.cat([labels, labels]))  # one pass
         loss_d = d_loss_fn(p.loss, scores[:len(real)].float(), scores[len(real):].float())
     s.opt_d.zero_grad(set_to_none=True)
-    if torch.isfinite(loss_d):
+    d_ok = s.world.all_finite(loss_d)
+    if d_ok:
         loss_d.backward()
         s.opt_d.step()
     # (2) G: maximise D's score of G(z, y) under label y (non-saturating / hinge generator loss)
     with s.autocast():
         loss_g = g_loss_fn(p.loss, s.D_train(fake, labels).float())
     s.opt_g.zero_grad(set_to_none=True)
-    if torch.isfinite(loss_g):
+    g_ok = s.world.all_finite(loss_g)
+    if g_ok:
         loss_g.backward()
         s.opt_g.step()
         # warm-up: early on the EMA follows G closely instead of averaging in the random init
         update_ema(s.G_ema, s.G, min(p.ema_decay, (1 + s.step) / (10 + s.step)))
-    return loss_d.item(), loss_g.item()
+    return (loss_d.item() if d_ok else math.nan), (loss_g.item() if g_ok else math.nan)
 
 
 @torch.no_grad()
