@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnistgen.data import load_arrays
@@ -29,7 +28,7 @@ from mnistgen.images import to_model_input
 from mnistgen.models import Discriminator, Generator, Judge, JudgeConfig
 from mnistgen.params import load_section
 from mnistgen.runtime import autocast, fast_layout, resolve_precision, set_threads
-from stages.train_gan import GanParams, GanState, g_loss_fn, gan_step, generate
+from stages.train_gan import GanParams, GanState, d_loss_fn, g_loss_fn, gan_step, generate
 from stages.train_judge import JudgeParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +90,8 @@ def write_idx(root: Path, arrays: dict) -> None:
 def conventional_gan_bench(p: GanParams, arrays: dict, steps: int, repeats: int) -> list[float]:
     """The well-known examples' loop on the same models (PyTorch's DCGAN example, made
     conditional): torchvision MNIST + ToTensor/Normalize + DataLoader with default settings,
-    default memory layout, fp32, and D run separately on the real and the fake batch."""
+    default memory layout, fp32, and D run separately on the real and the fake batch, then
+    once more on the fake batch for G's update."""
     from torchvision import datasets, transforms
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,15 +105,10 @@ def conventional_gan_bench(p: GanParams, arrays: dict, steps: int, repeats: int)
         opt_d = torch.optim.Adam(D.parameters(), lr=p.lr_d, betas=(p.beta1, p.beta2))
         batches = iter(loader)
 
-        hinge = p.loss == "hinge"
-
         def one_step(real, y):
             D.zero_grad()
-            scores = D(real, y)
-            (F.relu(1 - scores) if hinge else F.softplus(-scores)).mean().backward()
             fake = G(torch.randn(len(real), p.latent_dim), y)
-            scores = D(fake.detach(), y)
-            (F.relu(1 + scores) if hinge else F.softplus(scores)).mean().backward()
+            d_loss_fn(p.loss, D(real, y), D(fake.detach(), y)).backward()  # two D passes
             opt_d.step()
             G.zero_grad()
             g_loss_fn(p.loss, D(fake, y)).backward()

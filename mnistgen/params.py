@@ -105,6 +105,12 @@ def load_section(path: str | Path, section: str, cls):
     return parse_section(data[section], cls, section)
 
 
+def precision_field():
+    """The `precision` key of the training sections (see mnistgen.runtime.resolve_precision)."""
+    return field("auto", choices=("auto", "fp32", "bf16"),
+                 doc="bf16 mixed precision; auto = bf16 where the device has bf16 units")
+
+
 @dataclasses.dataclass
 class RunParams:
     """Keys every training stage has."""

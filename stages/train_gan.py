@@ -31,7 +31,7 @@ from mnistgen.images import grid, to_model_input, to_uint8
 from mnistgen.judging import features_and_predictions, load_judge, quick_score
 from mnistgen.metrics import frechet_distance
 from mnistgen.models import Discriminator, GanConfig, Generator, PackedGenerator
-from mnistgen.params import ParamsError, RunParams, field, load_section
+from mnistgen.params import ParamsError, RunParams, field, load_section, precision_field
 from mnistgen.runtime import (CheckpointError, atomic_write_bytes, autocast, configure_cuda,
                               fast_layout, load_checkpoint, pick_device, resolve_precision,
                               save_checkpoint, set_seed, set_threads)
@@ -53,8 +53,7 @@ class GanParams(RunParams):
     beta1: float = field(0.5, lo=0.0, hi=0.9999)
     beta2: float = field(0.999, lo=0.0, hi=0.99999)
     batch_size: int = field(256, lo=2)
-    precision: str = field("auto", choices=("auto", "fp32", "bf16"),
-                           doc="bf16 mixed precision; auto = bf16 where the device has bf16 units")
+    precision: str = precision_field()
     epochs: int = field(20, lo=1, hi=10000)
     ema_decay: float = field(0.999, lo=0.0, hi=0.99999, doc="EMA of the generator; 0 = off")
     train_limit: int = field(0, lo=0, doc="use only the first N training images; 0 = all")

@@ -18,7 +18,7 @@ from mnistgen.data import load_arrays
 from mnistgen.distributed import World
 from mnistgen.images import to_model_input
 from mnistgen.models import Judge, JudgeConfig, config_dict
-from mnistgen.params import ParamsError, RunParams, field, load_section
+from mnistgen.params import ParamsError, RunParams, field, load_section, precision_field
 from mnistgen.runtime import (autocast, configure_cuda, fast_layout, pick_device, resolve_precision,
                               save_checkpoint, set_seed, set_threads, write_json)
 from mnistgen.stage import parse_args, run
@@ -33,8 +33,7 @@ class JudgeParams(RunParams):
     channels: list[int] = field([32, 64, 128], lo=1, hi=1024)
     feature_dim: int = field(128, lo=2, hi=4096)
     shift: int = field(2, lo=0, hi=6, doc="random translation in pixels (augmentation)")
-    precision: str = field("auto", choices=("auto", "fp32", "bf16"),
-                           doc="bf16 mixed precision; auto = bf16 where the device has bf16 units")
+    precision: str = precision_field()
     train_limit: int = field(0, lo=0, doc="use only the first N training images; 0 = all")
     log_every: int = field(50, lo=1)
 
