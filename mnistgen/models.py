@@ -88,8 +88,9 @@ class InvertedGenerator(nn.Module):
 
 @dataclass
 class GanConfig:
-    """mlp: hidden widths. conv: g_hidden = channels at 7x7, 14x14 (then 28x28 -> 1);
-    d_hidden = conv channels at 14x14, 7x7, then the width of the projected feature."""
+    """mlp: hidden widths. conv: g_hidden = channels at 7x7, 14x14 (optionally 28x28), then
+    a 3x3 conv to 1 channel; d_hidden = conv channels at 14x14, 7x7, then the width of the
+    projected feature."""
     arch: str = "mlp"
     latent_dim: int = 64
     g_hidden: list[int] = field(default_factory=lambda: [256, 512, 1024])
@@ -115,22 +116,29 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(10, cfg.latent_dim)
-        act = lambda: nn.LeakyReLU(0.2, inplace=True)  # noqa: E731
+        self.act = nn.LeakyReLU(0.2, inplace=True)
         if cfg.arch == "mlp":
-            self.body = _mlp([2 * cfg.latent_dim] + list(cfg.g_hidden), act, norm=nn.BatchNorm1d)
+            self.body = _mlp([2 * cfg.latent_dim] + list(cfg.g_hidden),
+                             lambda: nn.LeakyReLU(0.2, inplace=True), norm=nn.BatchNorm1d)
             self.out = nn.Linear(cfg.g_hidden[-1], 784)
-        else:
-            c7, c14 = cfg.g_hidden
-            self.body = nn.Sequential(  # (N, 2*latent) -> (N, c7, 7, 7) -> 14x14 -> 28x28
-                nn.Linear(2 * cfg.latent_dim, c7 * 49), nn.Unflatten(1, (c7, 7, 7)),
-                nn.BatchNorm2d(c7), act(), nn.Upsample(scale_factor=2),
-                nn.Conv2d(c7, c14, 3, padding=1), nn.BatchNorm2d(c14), act(),
-                nn.Upsample(scale_factor=2))
-            self.out = nn.Conv2d(c14, 1, 3, padding=1)
+            return
+        channels = list(cfg.g_hidden)  # at 7x7, 14x14 (, 28x28)
+        self.project = nn.Linear(2 * cfg.latent_dim, channels[0] * 49)
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(channels, channels[1:]))
+        self.out = nn.Conv2d(channels[-1], 1, 3, padding=1)
 
     def forward(self, z, labels):
-        h = self.body(torch.cat([z, self.embed(labels)], dim=1))
-        return torch.tanh(self.out(h)).view(-1, 1, 28, 28)
+        x = torch.cat([z, self.embed(labels)], dim=1)
+        if self.cfg.arch == "mlp":
+            return torch.tanh(self.out(self.body(x))).view(-1, 1, 28, 28)
+        h = self.project(x).unflatten(1, (self.cfg.g_hidden[0], 7, 7))
+        h = self.act(self.norms[0](h))
+        for conv, norm in zip(self.convs, self.norms[1:]):  # 7 -> 14 (-> 28), nearest upsampling
+            h = self.act(norm(conv(F.interpolate(h, scale_factor=2))))
+        if h.shape[-1] < 28:
+            h = F.interpolate(h, scale_factor=2)
+        return torch.tanh(self.out(h))
 
 
 class Discriminator(nn.Module):

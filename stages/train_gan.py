@@ -45,6 +45,8 @@ class GanParams(RunParams):
     g_hidden: list[int] = field([256, 512, 1024], lo=1, hi=16384)
     d_hidden: list[int] = field([1024, 512, 256], lo=1, hi=16384)
     spectral_norm: bool = field(True, doc="spectral norm on every discriminator layer")
+    mode_seeking: float = field(0.0, lo=0.0, hi=1e6,
+                                doc="weight of the mode-seeking diversity term in G's loss; 0 = off")
     loss: str = field("hinge", choices=("hinge", "bce"), doc="bce = non-saturating")
     lr_g: float = field(2e-4, lo=0.0, hi=1e30)
     lr_d: float = field(2e-4, lo=0.0, hi=1e30)
@@ -71,9 +73,12 @@ class GanParams(RunParams):
         for key in ("g_hidden", "d_hidden"):
             if not getattr(self, key):
                 raise ParamsError(f"{section}.{key}: list at least one layer width")
-        if self.arch == "conv" and (len(self.g_hidden), len(self.d_hidden)) != (2, 3):
-            raise ParamsError(f"{section}: arch conv takes g_hidden [channels at 7x7, at 14x14] "
-                              f"and d_hidden [channels at 14x14, at 7x7, feature width]")
+        if self.arch == "conv" and (len(self.g_hidden) not in (2, 3) or len(self.d_hidden) != 3):
+            raise ParamsError(f"{section}: arch conv takes g_hidden [channels at 7x7, at 14x14"
+                              f"(, at 28x28)] and d_hidden [channels at 14x14, at 7x7, feature width]")
+        if self.mode_seeking and self.batch_size % 2:
+            raise ParamsError(f"{section}.batch_size: mode_seeking pairs up samples; use an even "
+                              f"batch (got {self.batch_size})")
 
     def model_config(self) -> GanConfig:
         return GanConfig(arch=self.arch, latent_dim=self.latent_dim, g_hidden=list(self.g_hidden),
@@ -138,19 +143,24 @@ def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
 
     An update whose loss is not finite (on any rank) is not applied; its loss comes back NaN.
     """
+    # with mode_seeking, fakes i and i + B/2 share a label (D still sees real's class mix on average)
+    fake_labels = paired(labels) if p.mode_seeking else labels
     with s.autocast():
-        fake = s.G_train(z, labels)
+        fake = s.G_train(z, fake_labels)
         # (1) D: minimise hinge/BCE loss: score real (x, y) high, generated (G(z, y), y) low
-        scores = s.D_train(torch.cat([real, fake.detach()]), torch.cat([labels, labels]))  # one pass
+        scores = s.D_train(torch.cat([real, fake.detach()]), torch.cat([labels, fake_labels]))  # one pass
         loss_d = d_loss_fn(p.loss, scores[:len(real)].float(), scores[len(real):].float())
     s.opt_d.zero_grad(set_to_none=True)
     d_ok = s.world.all_finite(loss_d)
     if d_ok:
         loss_d.backward()
         s.opt_d.step()
-    # (2) G: maximise D's score of G(z, y) under label y (non-saturating / hinge generator loss)
+    # (2) G: maximise D's score of G(z, y) under label y (non-saturating / hinge generator
+    # loss); with mode_seeking, also make two noises for one label draw different digits
     with s.autocast():
-        loss_g = g_loss_fn(p.loss, s.D_train(fake, labels).float())
+        loss_g = g_loss_fn(p.loss, s.D_train(fake, fake_labels).float())
+        if p.mode_seeking:
+            loss_g = loss_g + p.mode_seeking * mode_seeking_loss(fake.float(), z)
     s.opt_g.zero_grad(set_to_none=True)
     g_ok = s.world.all_finite(loss_g)
     if g_ok:
@@ -159,6 +169,20 @@ def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
         # warm-up: early on the EMA follows G closely instead of averaging in the random init
         update_ema(s.G_ema, s.G, min(p.ema_decay, (1 + s.step) / (10 + s.step)))
     return (loss_d.item() if d_ok else math.nan), (loss_g.item() if g_ok else math.nan)
+
+
+def paired(labels):
+    """(B,) -> (B,): the first half's labels twice, so sample i and i + B/2 show one digit."""
+    half = labels[:len(labels) // 2]
+    return torch.cat([half, half])
+
+
+def mode_seeking_loss(fake, z):
+    """Mao et al. 2019: 1 / (image distance / noise distance) over pairs (i, i + B/2) of one
+    label; small when different noise gives different digits."""
+    half = len(z) // 2
+    ratio = (fake[:half] - fake[half:]).abs().mean() / (z[:half] - z[half:]).abs().mean()
+    return 1.0 / (ratio + 1e-5)
 
 
 @torch.no_grad()
@@ -301,6 +325,9 @@ def train_gan(*, params: GanParams, data: Path, judge_path: Path, model_path: Pa
     if params.batch_size % world.size:
         raise ParamsError(f"train_gan.batch_size {params.batch_size} must divide evenly among "
                           f"{world.size} processes")
+    if params.mode_seeking and (params.batch_size // world.size) % 2:
+        raise ParamsError(f"train_gan.mode_seeking pairs up each process's samples: batch_size "
+                          f"{params.batch_size} / {world.size} processes must be even")
     judge = load_judge(judge_path, device)
     if world.is_main:
         tracking.check_store(tracking.tracking_uri())  # before any training: fail fast

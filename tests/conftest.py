@@ -18,7 +18,7 @@ SHRUNK = {
     "train_judge": {"epochs": 1, "train_limit": 2000, "batch_size": 100, "log_every": 5,
                     "channels": [8, 16], "feature_dim": 32},
     "train_inverted": {"steps": 30, "log_every": 5, "grid_every": 10},
-    "train_gan": {"epochs": 2, "train_limit": 1000, "batch_size": 100, "g_hidden": [16, 8],
+    "train_gan": {"epochs": 2, "train_limit": 1000, "batch_size": 100, "g_hidden": [16, 8, 4],
                   "d_hidden": [8, 16, 32], "latent_dim": 16, "log_every": 2, "sample_every": 5,
                   "eval_every": 5, "eval_samples": 100, "checkpoint_every": 4},
     "sample": {"per_class": 30},

@@ -18,6 +18,10 @@ def test_shapes():
     assert D(images, labels).shape == (5,)
     packed = PackedGenerator(G.eval())(torch.cat([torch.eye(10)[:5], torch.randn(5, 16)], 1))
     assert packed.shape == (5, 784) and 0 <= packed.min() and packed.max() <= 1
+    for channels in ([16, 8], [16, 8, 4]):  # conv G: 7x7 -> 14x14 (-> a 28x28 stage) -> 1 channel
+        conv = Generator(GanConfig(arch="conv", latent_dim=16, g_hidden=channels, d_hidden=[8, 8, 8]))
+        assert conv(torch.randn(5, 16), labels).shape == (5, 1, 28, 28)
+        assert len(conv.convs) == len(channels) - 1 and conv.out.in_channels == channels[-1]
     inv = InvertedGenerator(InvertedConfig())
     assert inv(torch.eye(10)).shape == (10, 784)
     assert torch.allclose(inv.intensities(torch.eye(10)).amax(1), torch.ones(10))
