@@ -16,10 +16,11 @@ from mnistgen.runtime import fast_layout, load_checkpoint
 class Drawer:
     """A trained generator: name, latent size (0 = deterministic) and a draw function."""
 
-    def __init__(self, name: str, model, latent_dim: int, kind: str, path: Path):
+    def __init__(self, name: str, model, latent_dim: int, kind: str, path: Path | None):
         self.name, self.latent_dim, self.kind = name, latent_dim, kind
         self.model = fast_layout(model).eval()
-        self.checkpoint_sha256 = sha256_file(path)  # links samples to the MLflow training run
+        # links samples to the MLflow training run (None: a model not loaded from a file)
+        self.checkpoint_sha256 = sha256_file(path) if path is not None else None
 
     @torch.no_grad()
     def draw(self, labels: torch.Tensor, gen: torch.Generator, batch: int = 1000) -> np.ndarray:

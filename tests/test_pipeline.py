@@ -1,8 +1,10 @@
 """End to end: the real pipeline on shrunken params in a temporary git + DVC repository."""
 import json
 import re
+import sys
 
 import pytest
+import torch
 import yaml
 
 from conftest import dvc, sh, write_params
@@ -144,3 +146,30 @@ def test_queued_experiments_all_reach_mlflow_and_dvc(pipeline_repo):
     assert len(queued) == 4  # none lost to "database is locked" or a temporary directory
     assert {r.data.params["lr_d"] for r in queued} == set(rates)
     assert all(r.info.status == "FINISHED" and "eval.frechet" in r.data.metrics for r in queued)
+
+
+def test_sweep_reproduces_the_pipelines_gan_and_names_a_broken_variant(pipeline_repo, tmp_path):
+    """bench.sweep trains and scores without MLflow or DVC; on the same params (CPU, same
+    threads) its 'default' run must train the pipeline's GAN bit for bit: scoring the
+    pipeline's models/gan.pt the same way gives the same numbers."""
+    from conftest import ROOT
+    from bench.sweep import score
+    from mnistgen.data import load_arrays
+    from mnistgen.generators import load_gan
+    from mnistgen.judging import load_judge
+
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps({"default": {}, "broken": {"g_hidden": "wide"}}))
+    out = tmp_path / "runs.jsonl"
+    sh(ROOT, sys.executable, "-m", "bench.sweep", "--variants", str(variants), "--out", str(out),
+       "--params", str(pipeline_repo / "params.yaml"), "--data", str(pipeline_repo / "data/mnist.npz"),
+       "--judge", str(pipeline_repo / "models/judge.pt"), "--per-class", "20")
+    runs = {r["name"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert "train_gan.g_hidden: expected a list of int" in runs["broken"]["error"]
+    drawer = load_gan(pipeline_repo / "models/gan.pt")
+    expected = score(generator=drawer.model, latent_dim=drawer.latent_dim, per_class=20,
+                     arrays=load_arrays(pipeline_repo / "data/mnist.npz"), device=torch.device("cpu"),
+                     judge=load_judge(pipeline_repo / "models/judge.pt"),
+                     params_path=pipeline_repo / "params.yaml")
+    assert {k: runs["default"][k] for k in expected} == expected
+    assert 0 < expected["frechet"] and 0 <= expected["cas"] <= 1

@@ -1,0 +1,126 @@
+"""Sweep GAN variants without MLflow or DVC: train each (params.yaml's train_gan plus
+overrides), then score its EMA generator as `evaluate` does (judge accuracy, Fréchet
+distance, precision/recall, diversity, CAS on 10 x per_class digits). One JSON line per
+run, printed and appended to --out. Made for a GPU, where many small runs share one card;
+the README's "Which GAN choice bought what" table came from it.
+
+Usage: python -m bench.sweep --variants variants.json --seeds 0 1 --parallel 8 --out runs.jsonl
+  variants.json: {"name": {"train_gan key": value, ...}, ...}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnistgen.data import load_arrays
+from mnistgen.distributed import World
+from mnistgen.generators import Drawer
+from mnistgen.images import to_model_input
+from mnistgen.judging import features_and_predictions, load_judge
+from mnistgen.metrics import frechet_distance, precision_recall, within_class_diversity
+from mnistgen.params import load_section, parse_section
+from mnistgen.runtime import configure_cuda, pick_device, set_seed, set_threads
+from stages.evaluate import EvaluateParams, cas, per_class_pick
+from stages.sample import draw_samples
+from stages.train_gan import GanParams, GanState, Monitor, train_loop
+
+OFF = 10 ** 9  # "never" for the logging and checkpoint intervals
+
+
+def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, data: Path,
+                judge_path: Path, device: str, per_class: int) -> dict:
+    import yaml
+
+    with open(params_path) as f:
+        raw = yaml.safe_load(f)["train_gan"]
+    raw.update(overrides)
+    raw.update(seed=seed, device=device, eval_every=OFF, sample_every=OFF, checkpoint_every=OFF)
+    p = parse_section(raw, GanParams, "train_gan")
+    set_seed(p.seed)
+    set_threads(p.threads)  # as the stage does, so a CPU run repeats `train_gan` bit for bit
+    dev = pick_device(p.device)
+    configure_cuda(dev)
+    arrays = load_arrays(data)
+    limit = p.train_limit or len(arrays["train_images"])
+    images = to_model_input(arrays["train_images"][:limit]).to(dev)
+    labels = torch.as_tensor(arrays["train_labels"][:limit]).long().to(dev)
+    judge = load_judge(judge_path, dev)  # before G and D, as in the stage: same random init
+    state = GanState(p, dev)
+    start = time.perf_counter()
+    train_loop(state, images=images, labels=labels, p=p, world=World(),
+               monitor=Monitor(params=p, judge=None, arrays=None, limit=0, active=False),
+               resume_path=Path(os.devnull), digest="")
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    scores = score(generator=state.G_ema, latent_dim=p.latent_dim, arrays=arrays, judge=judge,
+                   params_path=params_path, device=dev, per_class=per_class)
+    return {"name": name, "seed": seed, "overrides": overrides, "train_s": round(seconds, 1),
+            "steps": state.step, **scores}
+
+
+def score(*, generator, latent_dim, arrays, judge, params_path, device, per_class) -> dict:
+    """`evaluate`'s numbers for one generator: the same reference digits and draw, and CAS."""
+    ep = load_section(params_path, "evaluate", EvaluateParams)
+    ref_idx = per_class_pick(arrays["train_labels"], per_class, np.random.default_rng(ep.seed))
+    ref_features, _ = features_and_predictions(judge, arrays["train_images"][ref_idx])
+    drawer = Drawer("gan", generator, latent_dim, "gan", path=None)
+    images, labels = draw_samples(drawer, per_class, ep.seed)  # the sample stage's draw
+    labels = labels.astype(np.int64)
+    feats, preds = features_and_predictions(judge, images)
+    precision, recall = precision_recall(ref_features, feats, k=ep.k)
+    test_x = to_model_input(arrays["test_images"])
+    test_y = torch.as_tensor(arrays["test_labels"]).long()
+    return {"accuracy": round(float((preds == labels).mean()), 4),
+            "frechet": round(frechet_distance(ref_features, feats), 3),
+            "precision": round(precision, 3), "recall": round(recall, 3),
+            "diversity": round(float(np.mean(list(within_class_diversity(feats, labels).values()))), 2),
+            "cas": round(cas(images=images, labels=labels, test_x=test_x, test_y=test_y, params=ep,
+                             device=device), 4)}
+
+
+def _job(kwargs: dict) -> dict:
+    try:
+        return run_variant(**kwargs)
+    except Exception:  # one broken variant must not take the sweep down
+        return {"name": kwargs["name"], "seed": kwargs["seed"], "error": traceback.format_exc()[-2000:]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--parallel", type=int, default=1, help="runs at a time (processes)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--data", type=Path, default=Path("data/mnist.npz"))
+    ap.add_argument("--judge", type=Path, default=Path("models/judge.pt"))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--per-class", type=int, default=800)
+    args = ap.parse_args(argv)
+    variants = json.loads(args.variants.read_text())
+    jobs = [dict(name=name, overrides=over, seed=seed, params_path=args.params, data=args.data,
+                 judge_path=args.judge, device=args.device, per_class=args.per_class)
+            for seed in args.seeds for name, over in variants.items()]
+    results = []
+    with mp.get_context("spawn").Pool(args.parallel, maxtasksperchild=1) as pool, \
+            open(args.out, "a") as out:
+        for result in pool.imap_unordered(_job, jobs):
+            line = json.dumps(result)
+            print(line, flush=True)
+            out.write(line + "\n")
+            out.flush()
+            results.append(result)
+    return results
+
+
+if __name__ == "__main__":
+    main()
