@@ -10,6 +10,7 @@ Usage: python -m bench.sweep --variants variants.json --seeds 0 1 --parallel 8 -
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -25,10 +26,9 @@ from mnistgen.distributed import World
 from mnistgen.generators import Drawer
 from mnistgen.images import to_model_input
 from mnistgen.judging import features_and_predictions, load_judge
-from mnistgen.metrics import frechet_distance, precision_recall, within_class_diversity
 from mnistgen.params import load_section, parse_section
 from mnistgen.runtime import configure_cuda, pick_device, set_seed, set_threads
-from stages.evaluate import EvaluateParams, cas, per_class_pick
+from stages.evaluate import EvaluateParams, per_class_pick, rounded, score_row
 from stages.sample import draw_samples
 from stages.train_gan import GanParams, GanState, Monitor, train_loop
 
@@ -68,23 +68,17 @@ def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, dat
 
 
 def score(*, generator, latent_dim, arrays, judge, params_path, device, per_class) -> dict:
-    """`evaluate`'s numbers for one generator: the same reference digits and draw, and CAS."""
-    ep = load_section(params_path, "evaluate", EvaluateParams)
+    """`evaluate`'s summary for one generator: the same reference digits, draw and metrics."""
+    ep = dataclasses.replace(load_section(params_path, "evaluate", EvaluateParams), per_class=per_class)
     ref_idx = per_class_pick(arrays["train_labels"], per_class, np.random.default_rng(ep.seed))
     ref_features, _ = features_and_predictions(judge, arrays["train_images"][ref_idx])
     drawer = Drawer("gan", generator, latent_dim, "gan", path=None)
     images, labels = draw_samples(drawer, per_class, ep.seed)  # the sample stage's draw
-    labels = labels.astype(np.int64)
-    feats, preds = features_and_predictions(judge, images)
-    precision, recall = precision_recall(ref_features, feats, k=ep.k)
-    test_x = to_model_input(arrays["test_images"])
-    test_y = torch.as_tensor(arrays["test_labels"]).long()
-    return {"accuracy": round(float((preds == labels).mean()), 4),
-            "frechet": round(frechet_distance(ref_features, feats), 3),
-            "precision": round(precision, 3), "recall": round(recall, 3),
-            "diversity": round(float(np.mean(list(within_class_diversity(feats, labels).values()))), 2),
-            "cas": round(cas(images=images, labels=labels, test_x=test_x, test_y=test_y, params=ep,
-                             device=device), 4)}
+    summary, _ = score_row(images=images, labels=labels.astype(np.int64), judge=judge,
+                           ref_features=ref_features, params=ep, device=device,
+                           test_x=to_model_input(arrays["test_images"]),
+                           test_y=torch.as_tensor(arrays["test_labels"]).long())
+    return rounded(summary, 4)
 
 
 def _job(kwargs: dict) -> dict:

@@ -116,13 +116,13 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(10, cfg.latent_dim)
-        self.act = nn.LeakyReLU(0.2, inplace=True)
         if cfg.arch == "mlp":
             self.body = _mlp([2 * cfg.latent_dim] + list(cfg.g_hidden),
                              lambda: nn.LeakyReLU(0.2, inplace=True), norm=nn.BatchNorm1d)
             self.out = nn.Linear(cfg.g_hidden[-1], 784)
             return
         channels = list(cfg.g_hidden)  # at 7x7, 14x14 (, 28x28)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
         self.project = nn.Linear(2 * cfg.latent_dim, channels[0] * 49)
         self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(channels, channels[1:]))
