@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test bench ui readme clean-venv
+.PHONY: setup repro test bench bench-laptop ui readme clean-venv
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,12 @@ test: setup
 
 bench: setup
 	$(PY) -m bench.benchmark
+
+# The ordinary-laptop path on any x86 machine: AVX2 kernels only (oneDNN, ATen, MKL), so fp32
+# (precision: auto then never picks bf16), plus a timed default `dvc repro` in a temporary copy.
+bench-laptop: setup
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+		$(PY) -m bench.benchmark --repeats 3 --pipeline
 
 ui: setup
 	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db

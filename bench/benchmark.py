@@ -1,6 +1,7 @@
-"""Speed benchmark: matmul peak, training/sampling throughput and FLOP/s utilization, our
-in-memory loop vs. the conventional torchvision Dataset + DataLoader loop, and (with
---pipeline) the wall time and peak memory of every stage of a default `dvc repro`.
+"""Speed benchmark: matmul peak, the FLOPs of every stage of a default `dvc repro`,
+training/sampling throughput and FLOP/s utilization, our in-memory loop vs. the conventional
+torchvision Dataset + DataLoader loop, and (with --pipeline) the wall time and peak memory of
+every stage of a default `dvc repro`, raw and scaled to a 100 GFLOP/s fp32 CPU.
 
 Usage: python -m bench.benchmark [--repeats 7] [--pipeline]    (or `make bench`)
 Prints medians over repeats and the spread (max/min - 1) as a noise figure.
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.flops import report as flops_report, stage_flops
 from mnistgen.data import load_arrays
 from mnistgen.images import to_model_input
 from mnistgen.models import Discriminator, Generator, Judge, JudgeConfig
@@ -32,6 +34,7 @@ from stages.train_gan import GanParams, GanState, d_loss_fn, g_loss_fn, gan_step
 from stages.train_judge import JudgeParams
 
 ROOT = Path(__file__).resolve().parents[1]
+LAPTOP_GFLOPS = 100  # fp32 matmul peak of an ordinary 2-core AVX2 laptop CPU: times are scaled to it
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -147,9 +150,10 @@ def judge_bench(p: JudgeParams, images, labels, steps: int, repeats: int):
     return [steps * p.batch_size / t for t in times], flops, precision
 
 
-def pipeline_bench() -> list[tuple[str, str]]:
+def pipeline_bench(peak_gflops: float) -> list[tuple[str, str]]:
     """Run `dvc repro --force` on the default params in a temporary copy of the project and
-    collect each stage's own 'wall ... s, peak memory ... MB' line."""
+    collect each stage's own 'wall ... s, peak memory ... MB' line; each time also scaled to
+    a CPU of LAPTOP_GFLOPS (time x measured peak / LAPTOP_GFLOPS)."""
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
@@ -164,9 +168,13 @@ def pipeline_bench() -> list[tuple[str, str]]:
         total = time.perf_counter() - start
         if out.returncode != 0:
             raise SystemExit(f"pipeline failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-        rows = re.findall(r"^(\w+): wall ([\d.]+ s), peak memory (\d+ MB)$", out.stdout, re.M)
-        return [(name, f"{wall}, peak {mem}") for name, wall, mem in rows] + [
-            ("total (dvc repro --force)", f"{total:.0f} s")]
+        rows = re.findall(r"^(\w+): wall ([\d.]+) s, peak memory (\d+ MB)$", out.stdout, re.M)
+        scale = peak_gflops / LAPTOP_GFLOPS
+
+        def both(seconds: float) -> str:
+            return f"{seconds:6.0f} s ({seconds * scale:5.0f} s at {LAPTOP_GFLOPS} GFLOP/s)"
+        return [(name, f"{both(float(wall))}, peak {mem}") for name, wall, mem in rows] + [
+            ("total (dvc repro --force)", both(total))]
 
 
 def main(argv=None) -> int:
@@ -189,6 +197,12 @@ def main(argv=None) -> int:
     bf16_peak = matmul_peak(args.repeats, dtype=torch.bfloat16)
     print(f"matmul fp32 2048^3 peak:         {summary(peak)} GFLOP/s   (the reference)")
     print(f"matmul bf16 2048^3:              {summary(bf16_peak)} GFLOP/s")
+    flops = stage_flops(ROOT / "params.yaml")
+    print("FLOPs of a default dvc repro (torch.utils.flop_counter), and that work's time at the "
+          "measured fp32 peak:")
+    print(flops_report(flops))
+    print(f"  = {sum(flops.values()) / 1e9 / peak_med:,.0f} s at {peak_med:,.0f} GFLOP/s, "
+          f"{sum(flops.values()) / 1e9 / LAPTOP_GFLOPS:,.0f} s at {LAPTOP_GFLOPS} GFLOP/s (100% use)")
 
     def util(ips, flops):
         return f"{statistics.median(ips) * flops / 1e9 / peak_med:.0%} of fp32 peak"
@@ -217,7 +231,7 @@ def main(argv=None) -> int:
 
     if args.pipeline:
         print("default pipeline, per stage (one run):")
-        for name, value in pipeline_bench():
+        for name, value in pipeline_bench(peak_med):
             print(f"  {name:<26} {value}")
     return 0
 

@@ -169,7 +169,7 @@ def load_arrays(path: str | Path, verify: bool = True) -> dict:
         try:
             verify_arrays(arrays)
         except DataError as err:
-            raise DataError(f"{path}: {err}; run `dvc repro -f download`") from err
+            raise DataError(f"{path}: {err}; run `dvc repro -s -f download`") from err
     return arrays
 
 

@@ -8,19 +8,43 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 
 import yaml
+
+# the sections of params.yaml, one per stage of dvc.yaml
+SECTIONS = ("download", "train_judge", "train_inverted", "train_gan", "sample", "evaluate")
 
 
 class ParamsError(ValueError):
     """A problem in params.yaml, with the offending key in the message."""
 
 
-def field(default, *, lo=None, hi=None, choices=None, doc=""):
-    """A dataclass field with validation bounds (inclusive) or allowed choices."""
-    meta = {"lo": lo, "hi": hi, "choices": choices, "doc": doc}
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does (and as DVC does): `1e-4` is a
+    number, not the string YAML 1.1 makes of it; a key written twice is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ParamsError(f"line {key_node.start_mark.line + 1}: key '{key}' is written twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+ParamsLoader.add_implicit_resolver(  # 1e-4, 2E+3, -1.5e-2: exponent without a dot
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def field(default, *, lo=None, hi=None, above=None, choices=None, doc=""):
+    """A dataclass field with validation bounds (`lo`/`hi` inclusive, `above` exclusive) or
+    allowed choices."""
+    meta = {"lo": lo, "hi": hi, "above": above, "choices": choices, "doc": doc}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -53,7 +77,9 @@ def _check_value(key: str, value, tp, meta: dict):
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ParamsError(f"{key}: expected one of {list(choices)}, got {value!r}")
-    lo, hi = meta.get("lo"), meta.get("hi")
+    lo, hi, above = meta.get("lo"), meta.get("hi"), meta.get("above")
+    if above is not None and value <= above:
+        raise ParamsError(f"{key}: must be > {above}, got {value!r}")
     if lo is not None and value < lo:
         raise ParamsError(f"{key}: must be >= {lo}, got {value!r}")
     if hi is not None and value > hi:
@@ -90,11 +116,18 @@ def read_params(path: str | Path) -> dict:
         raise ParamsError(f"{path}: params file not found")
     with open(path) as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=ParamsLoader)
         except yaml.YAMLError as err:
             raise ParamsError(f"{path}: not valid YAML: {err}") from err
+        except ParamsError as err:
+            raise ParamsError(f"{path}: {err}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    for name in data:
+        if name not in SECTIONS:
+            close = difflib.get_close_matches(str(name), SECTIONS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ParamsError(f"{path}: unknown section '{name}'{hint}; sections: {', '.join(SECTIONS)}")
     return data
 
 

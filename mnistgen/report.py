@@ -30,9 +30,8 @@ def table(summary: dict, judge: dict) -> str:
     return "\n".join(lines)
 
 
-def render(readme: str, metrics_dir: Path) -> str:
-    summary = json.loads((metrics_dir / "evaluate.json").read_text())
-    judge = json.loads((metrics_dir / "judge.json").read_text())
+def render(readme: str, *, summary: dict, judge: dict) -> str:
+    """The README text with its table rebuilt from evaluate.json (`summary`) and judge.json."""
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{table(summary, judge)}\n{END}{tail}"
@@ -40,7 +39,9 @@ def render(readme: str, metrics_dir: Path) -> str:
 
 def main(argv=None) -> int:
     path = Path((argv or sys.argv[1:] or ["README.md"])[0])
-    path.write_text(render(path.read_text(), path.parent / "metrics"))
+    metrics = path.parent / "metrics"
+    path.write_text(render(path.read_text(), summary=json.loads((metrics / "evaluate.json").read_text()),
+                           judge=json.loads((metrics / "judge.json").read_text())))
     print(f"report: table in {path} updated from metrics/")
     return 0
 

@@ -35,7 +35,10 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use 'auto' or 'cpu'")
+        from mnistgen.params import ParamsError  # a params problem: reported in one line
+
+        raise ParamsError(f"device '{name}' requested but CUDA is not available on this machine; "
+                          f"set device: auto or cpu")
     return device
 
 
@@ -57,6 +60,9 @@ def has_fast_bf16(device: torch.device) -> bool:
     Ampere or newer on CUDA. Without them (AVX2 CPUs) bf16 is slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if limit != "ALL" and "AMX" not in limit:  # oneDNN told to stay below AMX (the laptop path)
+        return False
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, hence the guard
     return bool(amx and amx())
 
@@ -89,11 +95,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written temp file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_npz(path: Path, **arrays) -> None:
@@ -123,13 +133,15 @@ def load_checkpoint(path: Path, kind: str) -> dict:
     """Load with weights_only=True (no code runs); any damage becomes a CheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; run the stage that writes it")
+        raise CheckpointError(f"{path}: checkpoint not found; `dvc checkout {path}` restores it if "
+                              f"DVC has it cached, else `dvc repro` retrains it")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError,
             pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({err}); rerun its stage "
-                              f"(`dvc repro -f <stage>`)") from err
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({err}); `dvc checkout "
+                              f"--force {path}` restores the cached version, `dvc repro -s -f <stage>` "
+                              f"retrains that stage alone") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint of format {CHECKPOINT_FORMAT}")
     if payload.get("kind") != kind:
@@ -157,3 +169,16 @@ def replace_dir(staging: Path, final: Path) -> None:
     os.replace(staging, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def staged(final: Path):
+    """A staging folder for a directory output: swapped into place when the block succeeds,
+    removed when it fails (a full disk, a bad checkpoint, Ctrl-C), so nothing is left behind."""
+    staging = staging_dir(final)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_dir(staging, final)

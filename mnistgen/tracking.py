@@ -66,11 +66,24 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
                 with contextlib.closing(sqlite3.connect(db, timeout=timeout_s)) as con:
                     con.execute("BEGIN IMMEDIATE")
                     con.rollback()
+                    # reads every page: damage in the middle of the file shows here, before
+                    # any work, not as a 76-line traceback from MLflow later
+                    problems = [" ".join(row[0].split()) for row in con.execute("PRAGMA quick_check(1)")]
             except sqlite3.Error as err:
                 raise TrackingError(f"MLflow store {uri} cannot be written ({err}); is another "
                                     f"program holding it, or is it not an MLflow database?") from err
+            if problems != ["ok"]:
+                raise TrackingError(f"MLflow store {uri} is damaged ({problems[0]}); move it "
+                                    f"aside (a new one is created) or restore it from a backup")
         return
     parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":  # sqlite://mlflow.db: two slashes make 'mlflow.db' a host
+        raise TrackingError(f"MLflow store {uri}: not a SQLite URI MLflow reads; write "
+                            f"sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    if parsed.scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise TrackingError(f"MLflow store {uri} is a file store, which MLflow 3.13+ refuses by "
+                            f"default; use sqlite:///path/mlflow.db, or set "
+                            f"MLFLOW_ALLOW_FILE_STORE=true to keep the file store")
     if parsed.scheme in ("http", "https"):
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:

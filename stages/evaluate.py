@@ -25,6 +25,7 @@ from mnistgen.judging import features_and_predictions, load_judge
 from mnistgen.metrics import frechet_distance, precision_recall, within_class_diversity
 from mnistgen.models import Judge, JudgeConfig
 from mnistgen.params import ParamsError, RunParams, field, load_section
+from mnistgen.progress import Progress
 from mnistgen.runtime import set_seed, set_threads, write_json, pick_device
 from mnistgen.stage import parse_args, run
 from stages.train_judge import accuracy, train_classifier
@@ -38,7 +39,7 @@ class EvaluateParams(RunParams):
     k: int = field(3, lo=1, hi=50, doc="neighbours for the precision/recall manifolds")
     cas_epochs: int = field(5, lo=1, hi=100)
     cas_batch_size: int = field(128, lo=1)
-    cas_lr: float = field(3e-3, lo=0.0, hi=10.0)
+    cas_lr: float = field(3e-3, above=0.0, hi=10.0)
     cas_channels: list[int] = field([16, 32, 64], lo=1, hi=1024)
 
 
@@ -54,18 +55,24 @@ def per_class_pick(labels: np.ndarray, per_class: int, gen: np.random.Generator)
     return np.concatenate(picks)
 
 
-def cas(*, images, labels, test_x, test_y, params: EvaluateParams, device) -> float:
-    """Classification Accuracy Score: train on `images` only, test on real test digits."""
+def cas_steps(n_images: int, params: EvaluateParams) -> int:
+    return params.cas_epochs * (n_images // params.cas_batch_size)
+
+
+def cas(*, images, labels, test_x, test_y, params: EvaluateParams, device, on_log=None) -> float:
+    """Classification Accuracy Score: train on `images` only, test on real test digits.
+    on_log(step, loss) is called every 10 training steps (progress)."""
     set_seed(params.seed)
     model = Judge(JudgeConfig(channels=params.cas_channels, feature_dim=64)).to(device)
     train_classifier(model=model, images=to_model_input(images), labels=torch.as_tensor(labels).long(),
                      epochs=params.cas_epochs, batch_size=params.cas_batch_size, lr=params.cas_lr,
-                     weight_decay=1e-4, shift=0, device=device, seed=params.seed)
+                     weight_decay=1e-4, shift=0, device=device, seed=params.seed,
+                     log_every=10, on_log=on_log)
     return accuracy(model, test_x, test_y, device)
 
 
 def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, device,
-              cas_train=None) -> tuple[dict, dict]:
+              cas_train=None, on_log=None) -> tuple[dict, dict]:
     """Summary and per-class metrics of one row of samples (class-major order). CAS trains
     on the row's own digits, or on `cas_train` = (images, labels) when given."""
     cas_images, cas_labels = cas_train if cas_train is not None else (images, labels)
@@ -77,7 +84,7 @@ def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, de
                "precision": precision, "recall": recall,
                "diversity": float(np.mean(list(diversity.values()))),
                "cas": cas(images=cas_images, labels=cas_labels, test_x=test_x, test_y=test_y,
-                          params=params, device=device)}
+                          params=params, device=device, on_log=on_log)}
     ref_labels = np.arange(10).repeat(params.per_class)
     per_class = {str(c): {"accuracy": float((preds[labels == c] == c).mean()),
                           "frechet": frechet_distance(ref_features[ref_labels == c], feats[labels == c]),
@@ -118,12 +125,17 @@ def evaluate(*, params: EvaluateParams, data: Path, judge_path: Path, samples_di
             rows[path.stem] = (npz["images"][pick], npz["labels"][pick])
             sources[path.stem] = str(npz["checkpoint_sha256"])
     summary, per_class = {}, {}
-    for name, (images, labels) in rows.items():
+    steps = cas_steps(10 * params.per_class, params)  # CAS steps per row (10 x per_class digits)
+    progress = Progress("evaluate", total=len(rows) * steps, per_step=params.cas_batch_size)
+    for row, (name, (images, labels)) in enumerate(rows.items()):
         summary[name], per_class[name] = score_row(
             images=images, labels=labels.astype(np.int64), judge=judge, ref_features=ref_features,
             params=params, test_x=test_x, test_y=test_y, device=device,
             # real-data CAS trains on as many real *training* digits, never on the test set
-            cas_train=(ref_images, ref_labels.astype(np.int64)) if name == REAL else None)
+            cas_train=(ref_images, ref_labels.astype(np.int64)) if name == REAL else None,
+            on_log=lambda step, loss, row=row: progress.update(row * steps + step, row=row + 1,
+                                                               cas_loss=loss))
+        progress.done((row + 1) * steps)
         print(f"evaluate: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[name].items()))
     return rounded(summary), rounded(per_class), sources
 

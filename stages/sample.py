@@ -17,8 +17,7 @@ from PIL import Image, ImageDraw
 from mnistgen.generators import load_all
 from mnistgen.images import grid, save_png
 from mnistgen.params import RunParams, field, load_section
-from mnistgen.runtime import (pick_device, replace_dir, set_seed, set_threads, staging_dir,
-                              write_npz)
+from mnistgen.runtime import pick_device, set_seed, set_threads, staged, write_npz
 from mnistgen.stage import parse_args, run
 
 
@@ -59,21 +58,18 @@ def sample(*, params: SampleParams, inverted_dir: Path, gan_path: Path, samples_
     drawers = load_all(inverted_dir, gan_path)
     for drawer in drawers:
         drawer.model.to(device)
-    final_samples, final_figures = samples_dir, figures_dir
-    samples_dir, figures_dir = staging_dir(samples_dir), staging_dir(figures_dir)
     pictures = {}
-    for drawer in drawers:
-        images, labels = draw_samples(drawer, params.per_class, params.seed)
-        write_npz(samples_dir / f"{drawer.name}.npz", images=images, labels=labels,
-                 checkpoint_sha256=np.array(drawer.checkpoint_sha256))
-        # rows = digits 0..9, columns = the first grid_columns samples of each digit
-        cols = min(params.grid_columns, params.per_class)
-        picks = (np.arange(10)[:, None] * params.per_class + np.arange(cols)[None, :]).ravel()
-        pictures[drawer.name] = grid(images[picks], rows=10)
-        save_png(pictures[drawer.name], figures_dir / f"grid_{drawer.name}.png")
-    save_png(comparison(pictures), figures_dir / "comparison.png")
-    replace_dir(samples_dir, final_samples)
-    replace_dir(figures_dir, final_figures)
+    with staged(samples_dir) as samples_staging, staged(figures_dir) as figures_staging:
+        for drawer in drawers:
+            images, labels = draw_samples(drawer, params.per_class, params.seed)
+            write_npz(samples_staging / f"{drawer.name}.npz", images=images, labels=labels,
+                      checkpoint_sha256=np.array(drawer.checkpoint_sha256))
+            # rows = digits 0..9, columns = the first grid_columns samples of each digit
+            cols = min(params.grid_columns, params.per_class)
+            picks = (np.arange(10)[:, None] * params.per_class + np.arange(cols)[None, :]).ravel()
+            pictures[drawer.name] = grid(images[picks], rows=10)
+            save_png(pictures[drawer.name], figures_staging / f"grid_{drawer.name}.png")
+        save_png(comparison(pictures), figures_staging / "comparison.png")
     return list(pictures)
 
 

@@ -16,7 +16,9 @@ import copy
 import hashlib
 import json
 import math
+import signal
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,10 +34,11 @@ from mnistgen.judging import features_and_predictions, load_judge, quick_score
 from mnistgen.metrics import frechet_distance
 from mnistgen.models import Discriminator, GanConfig, Generator, PackedGenerator
 from mnistgen.params import ParamsError, RunParams, field, load_section, precision_field
+from mnistgen.progress import Progress
 from mnistgen.runtime import (CheckpointError, atomic_write_bytes, autocast, configure_cuda,
                               fast_layout, load_checkpoint, pick_device, resolve_precision,
                               save_checkpoint, set_seed, set_threads)
-from mnistgen.stage import TrainingError, parse_args, run
+from mnistgen.stage import Interrupted, TrainingError, parse_args, run
 
 
 @dataclass
@@ -48,8 +51,8 @@ class GanParams(RunParams):
     mode_seeking: float = field(0.0, lo=0.0, hi=1e6,
                                 doc="weight of the mode-seeking diversity term in G's loss; 0 = off")
     loss: str = field("hinge", choices=("hinge", "bce"), doc="bce = non-saturating")
-    lr_g: float = field(2e-4, lo=0.0, hi=1e30)
-    lr_d: float = field(2e-4, lo=0.0, hi=1e30)
+    lr_g: float = field(2e-4, above=0.0, hi=1e30)
+    lr_d: float = field(2e-4, above=0.0, hi=1e30)
     lr_schedule: str = field("constant", choices=("constant", "linear"),
                              doc="linear: both learning rates decay to 0 over training")
     beta1: float = field(0.5, lo=0.0, hi=0.9999)
@@ -111,6 +114,7 @@ class GanState:
         self.precision = resolve_precision(params.precision, device)
         self.autocast = lambda: autocast(device, self.precision)
         self.step, self.losses, self.quality, self.run_id = 0, [], [], None
+        self.last_losses = (math.nan, math.nan)  # (loss_d, loss_g) of the latest step
 
     def save(self, path: Path, digest: str) -> None:
         save_checkpoint(path, kind="gan_resume", config={"digest": digest},
@@ -213,6 +217,7 @@ class Monitor:
 
     def __init__(self, *, params: GanParams, judge, arrays: dict, limit: int, active: bool):
         self.p, self.judge, self.active = params, judge, active
+        self.progress = None  # made at the first step, when the total is known
         if not active:
             return
         fixed = torch.Generator().manual_seed(params.seed + 2)  # the same material every run
@@ -233,6 +238,9 @@ class Monitor:
         import mlflow
 
         p, last = self.p, step == total
+        if self.progress is None:
+            self.progress = Progress("train_gan", total=total, per_step=p.batch_size)
+        self.progress.update(step, loss_d=loss_d, loss_g=loss_g)
         if step % p.log_every == 0 or last:
             s.losses.append([step, round(loss_d, 6), round(loss_g, 6)])
             mlflow.log_metrics({"loss_d": loss_d, "loss_g": loss_g}, step=step)
@@ -246,6 +254,9 @@ class Monitor:
                               round(self.floor, 4)])
             mlflow.log_metrics({"eval_accuracy": q["accuracy"], "eval_frechet": q["frechet"],
                                 "eval_frechet_floor": self.floor}, step=step)
+            self.progress.values.update(judge_accuracy=q["accuracy"], frechet=q["frechet"])
+        if last:
+            self.progress.done()
 
 
 def check_finite(loss_d: float, loss_g: float, step: int, streak: int, p: GanParams) -> int:
@@ -268,26 +279,62 @@ def set_learning_rates(s: GanState, p: GanParams, progress: float) -> None:
             group["lr"] = base * scale
 
 
+class CtrlC:
+    """The first Ctrl-C asks the loop to stop after the step it is in (so the resume file
+    holds a whole step and a resumed run gives the same bytes); a second one stops at once.
+    Only in a single process's main thread: under torchrun, ranks must not stop apart."""
+
+    def __init__(self, active: bool):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.requested = False
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def train_loop(s: GanState, *, images, labels, p: GanParams, world: World, monitor: Monitor,
                resume_path: Path, digest: str) -> None:
     """Epochs of global batches; each rank trains on its slice of every batch."""
     steps_per_epoch = len(images) // p.batch_size
     total, streak = p.epochs * steps_per_epoch, 0
-    while s.step < total:
-        epoch, pos = divmod(s.step, steps_per_epoch)
-        # the epoch's order depends on (seed, epoch) only, so a resumed run sees the same batches
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(p.seed * 100003 + epoch))
-        idx = world.shard(order[pos * p.batch_size:(pos + 1) * p.batch_size]).to(images.device)
-        z = world.shard(torch.randn(p.batch_size, p.latent_dim, generator=s.noise)).to(images.device)
-        s.G.train()
-        set_learning_rates(s, p, s.step / total)
-        loss_d, loss_g = gan_step(s, images[idx], labels[idx], z, p)
-        s.step += 1
-        streak = check_finite(loss_d, loss_g, s.step, streak, p)
-        if streak == 0:
-            monitor.after_step(s, s.step, total, loss_d, loss_g)
-        if world.is_main and s.step % p.checkpoint_every == 0 and s.step < total:
-            s.save(resume_path, digest)
+    with CtrlC(active=world.size == 1) as ctrl_c:
+        while s.step < total:
+            _one_step(s, images=images, labels=labels, p=p, world=world, total=total,
+                      steps_per_epoch=steps_per_epoch)
+            streak = check_finite(*s.last_losses, s.step, streak, p)
+            if streak == 0:
+                monitor.after_step(s, s.step, total, *s.last_losses)
+            if ctrl_c.requested:
+                s.save(resume_path, digest)
+                raise Interrupted(f"interrupted at step {s.step}/{total}; the resume file holds "
+                                  f"it: rerun (`dvc repro`) to continue from there")
+            if world.is_main and s.step % p.checkpoint_every == 0 and s.step < total:
+                s.save(resume_path, digest)
+
+
+def _one_step(s: GanState, *, images, labels, p: GanParams, world: World, total: int,
+              steps_per_epoch: int) -> None:
+    """One global batch: its images, fresh noise, one D and one G update; s.step advances."""
+    epoch, pos = divmod(s.step, steps_per_epoch)
+    # the epoch's order depends on (seed, epoch) only, so a resumed run sees the same batches
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(p.seed * 100003 + epoch))
+    idx = world.shard(order[pos * p.batch_size:(pos + 1) * p.batch_size]).to(images.device)
+    z = world.shard(torch.randn(p.batch_size, p.latent_dim, generator=s.noise)).to(images.device)
+    s.G.train()
+    set_learning_rates(s, p, s.step / total)
+    s.last_losses = gan_step(s, images[idx], labels[idx], z, p)
+    s.step += 1
 
 
 def save_outputs(s: GanState, p: GanParams, *, model_path: Path, losses_path: Path,
@@ -350,6 +397,12 @@ def train_gan(*, params: GanParams, data: Path, judge_path: Path, model_path: Pa
         except TrainingError as err:  # the run ends FAILED; say why where the user looks
             if world.is_main:
                 tracking.tag_run(error=str(err))
+            raise
+        except Interrupted as err:  # Ctrl-C: MLflow's KILLED, with where it stopped
+            import mlflow
+
+            tracking.tag_run(error=str(err))
+            mlflow.end_run(status="KILLED")
             raise
         if world.is_main:
             save_outputs(state, params, model_path=model_path, losses_path=losses_path,

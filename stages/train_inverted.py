@@ -22,8 +22,9 @@ from mnistgen.data import load_arrays, sha256_file
 from mnistgen.images import grid, to_uint8
 from mnistgen.models import InvertedConfig, InvertedGenerator, config_dict
 from mnistgen.params import ParamsError, RunParams, field, load_section
-from mnistgen.runtime import (atomic_write_bytes, pick_device, replace_dir, save_checkpoint, set_seed,
-                              set_threads, staging_dir)
+from mnistgen.progress import Progress
+from mnistgen.runtime import (atomic_write_bytes, pick_device, save_checkpoint, set_seed, set_threads,
+                              staged)
 from mnistgen.stage import parse_args, run
 
 VARIANTS = ("softmax", "sigmoid")
@@ -33,7 +34,7 @@ VARIANTS = ("softmax", "sigmoid")
 class InvertedParams(RunParams):
     variants: list[str] = field(["softmax", "sigmoid"], choices=VARIANTS,
                                 doc="softmax is the seed's model; each variant is its own run")
-    lr: float = field(0.01, lo=0.0, hi=10.0)
+    lr: float = field(0.01, above=0.0, hi=10.0)
     batch_size: int = field(100, lo=1)
     steps: int = field(1000, lo=1)
     log_every: int = field(10, lo=1)
@@ -51,7 +52,8 @@ def onehot(labels: torch.Tensor) -> torch.Tensor:
 
 def digits_picture(model: InvertedGenerator) -> np.ndarray:
     with torch.no_grad():
-        return grid(to_uint8(model.intensities(onehot(torch.arange(10))), low=0.0), rows=1)
+        digits = onehot(torch.arange(10, device=next(model.parameters()).device))
+        return grid(to_uint8(model.intensities(digits), low=0.0), rows=1)
 
 
 def train_inverted(*, model, images, labels, lr, batch_size, steps, seed, log_every=10,
@@ -85,33 +87,41 @@ def main(argv=None):
     args = parse_args(__doc__, ["data", "models", "plots"], argv)
     params = load_section(args.params, "train_inverted", InvertedParams)
     set_threads(params.threads)
-    pick_device(params.device)  # validates the choice; a 10x784 model runs best on the CPU
+    device = pick_device(params.device)  # params.yaml says cpu: a 10x784 model runs best there
     arrays = load_arrays(args.data)
-    images = torch.as_tensor(arrays["train_images"]).float() / 255.0  # (60000, 784) in [0, 1]
-    labels = torch.as_tensor(arrays["train_labels"]).long()
-    curves, staging = {}, staging_dir(Path(args.models))
-    for variant in params.variants:
-        set_seed(params.seed)
-        model = InvertedGenerator(InvertedConfig(output=variant))
-        run_params = {**asdict(params), "variant": variant}
-        with tracking.start_run(stage="train_inverted", params=run_params):
-            import mlflow
+    images = (torch.as_tensor(arrays["train_images"]).float() / 255.0).to(device)  # (60000, 784) in [0, 1]
+    labels = torch.as_tensor(arrays["train_labels"]).long().to(device)
+    tracking.check_store(tracking.tracking_uri())  # before any output is touched
+    curves = {}
+    with staged(Path(args.models)) as staging:
+        for variant in params.variants:
+            set_seed(params.seed)
+            model = InvertedGenerator(InvertedConfig(output=variant)).to(device)
+            run_params = {**asdict(params), "variant": variant}
+            with tracking.start_run(stage="train_inverted", params=run_params):
+                import mlflow
 
-            tracking.log_mnist_input(Path(args.data))
-            history = train_inverted(
-                model=model, images=images, labels=labels, lr=params.lr,
-                batch_size=params.batch_size, steps=params.steps, seed=params.seed,
-                log_every=params.log_every, grid_every=params.grid_every,
-                on_log=lambda s, v: mlflow.log_metric("loss_per_image", v, step=s),
-                on_grid=lambda s, m=model: tracking.log_image(digits_picture(m), "digits", s))
-            path = staging / f"{variant}.pt"
-            save_checkpoint(path, kind="inverted", models={"model": model},
-                            config=config_dict(model), extra={"params": run_params})
-            mlflow.set_tag("checkpoint_sha256", sha256_file(path))
-            tracking.log_model(model.eval(), name="inverted", example=onehot(torch.arange(10)).numpy())
-        curves[variant] = dict(history)
-        print(f"train_inverted: {variant}: final loss per image {history[-1][1]:.4f}")
-    replace_dir(staging, Path(args.models))
+                tracking.log_mnist_input(Path(args.data))
+                progress = Progress("train_inverted", total=params.steps, per_step=params.batch_size)
+
+                def on_log(step, loss):
+                    mlflow.log_metric("loss_per_image", loss, step=step)
+                    progress.update(step, loss_per_image=loss)
+
+                history = train_inverted(
+                    model=model, images=images, labels=labels, lr=params.lr,
+                    batch_size=params.batch_size, steps=params.steps, seed=params.seed,
+                    log_every=params.log_every, grid_every=params.grid_every,
+                    on_log=on_log,
+                    on_grid=lambda s, m=model: tracking.log_image(digits_picture(m), "digits", s))
+                path = staging / f"{variant}.pt"
+                save_checkpoint(path, kind="inverted", models={"model": model.cpu()},
+                                config=config_dict(model), extra={"params": run_params})
+                mlflow.set_tag("checkpoint_sha256", sha256_file(path))
+                tracking.log_model(model.eval(), name="inverted", example=onehot(torch.arange(10)).numpy())
+            progress.done(params.steps)
+            curves[variant] = dict(history)
+            print(f"train_inverted: {variant}: final loss per image {history[-1][1]:.4f}")
     # wide CSV (step, one loss column per variant): one line per variant in `dvc plots`
     steps = sorted(set().union(*curves.values()))
     rows = [",".join(["step", *curves])] + [

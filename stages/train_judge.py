@@ -19,6 +19,7 @@ from mnistgen.distributed import World
 from mnistgen.images import to_model_input
 from mnistgen.models import Judge, JudgeConfig, config_dict
 from mnistgen.params import ParamsError, RunParams, field, load_section, precision_field
+from mnistgen.progress import Progress
 from mnistgen.runtime import (autocast, configure_cuda, fast_layout, pick_device, resolve_precision,
                               save_checkpoint, set_seed, set_threads, write_json)
 from mnistgen.stage import parse_args, run
@@ -28,7 +29,7 @@ from mnistgen.stage import parse_args, run
 class JudgeParams(RunParams):
     epochs: int = field(4, lo=1, hi=100)
     batch_size: int = field(128, lo=1, hi=65536)
-    lr: float = field(3e-3, lo=0.0, hi=10.0, doc="peak of the one-cycle schedule")
+    lr: float = field(3e-3, above=0.0, hi=10.0, doc="peak of the one-cycle schedule")
     weight_decay: float = field(1e-4, lo=0.0, hi=1.0)
     channels: list[int] = field([32, 64, 128], lo=1, hi=1024)
     feature_dim: int = field(128, lo=2, hi=4096)
@@ -135,14 +136,22 @@ def train_judge(*, params: JudgeParams, data: Path, model_path: Path, metrics_pa
         import mlflow
 
         tracking.tag_run(world_size=str(world.size), precision=precision)
+        progress = Progress("train_judge", total=params.epochs * (len(train_x) // params.batch_size),
+                            per_step=params.batch_size)
+
+        def on_log(step, loss):
+            mlflow.log_metric("train_loss", loss, step=step)
+            progress.update(step, loss=loss)
+
         steps = train_classifier(
             model=model, images=train_x, labels=train_y, epochs=params.epochs,
             batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay,
             shift=params.shift, device=device, seed=params.seed, precision=precision,
             log_every=params.log_every,
-            on_log=lambda step, loss: mlflow.log_metric("train_loss", loss, step=step), world=world)
+            on_log=on_log, world=world)
         seconds = time.perf_counter() - start
         test_acc = accuracy(model, test_x, test_y, device)
+        progress.done(steps, test_accuracy=test_acc)
         result = {"test_accuracy": test_acc, "train_seconds": round(seconds, 1),
                   "train_images_per_s": round(steps * params.batch_size / seconds, 1),
                   "threads": threads, "precision": precision}

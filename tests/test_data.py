@@ -103,5 +103,5 @@ def test_truncated_artifact_is_detected_and_nothing_is_half_written(tmp_path):
 def test_artifact_with_wrong_content_fails_verification(tmp_path):
     path = tmp_path / "mnist.npz"
     save_arrays({name: np.zeros(shape, np.uint8) for name, shape in data.ARRAY_SHAPES.items()}, path)
-    with pytest.raises(DataError, match="dvc repro -f download"):
+    with pytest.raises(DataError, match="dvc repro -s -f download"):
         load_arrays(path)

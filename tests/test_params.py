@@ -34,7 +34,8 @@ def test_typo_names_the_key_and_suggests_the_right_one():
     ({"epochs": 2.5}, r"train_gan\.epochs: expected an integer"),
     ({"spectral_norm": 1}, r"train_gan\.spectral_norm: expected true or false"),
     ({"lr_g": "fast"}, r"train_gan\.lr_g: expected a number"),
-    ({"lr_g": -0.1}, r"train_gan\.lr_g: must be >= 0.0"),
+    ({"lr_g": -0.1}, r"train_gan\.lr_g: must be > 0.0"),
+    ({"lr_g": 0}, r"train_gan\.lr_g: must be > 0.0, got 0.0"),
     ({"batch_size": 1}, r"train_gan\.batch_size: must be >= 2"),
     ({"loss": "wasserstein"}, r"train_gan\.loss: expected one of \['hinge', 'bce'\]"),
     ({"g_hidden": 256}, r"train_gan\.g_hidden: expected a list of int"),
@@ -70,3 +71,42 @@ def test_inverted_variants_must_be_known_and_unique():
         parse_section({"variants": ["softmax", "tanh"]}, InvertedParams, "train_inverted")
     with pytest.raises(ParamsError, match="at most once"):
         parse_section({"variants": ["softmax", "softmax"]}, InvertedParams, "train_inverted")
+
+
+def test_numbers_read_as_yaml_1_2_and_dvc_read_them(tmp_path):
+    """PyYAML alone reads `1e-4` as a string (YAML 1.1); DVC reads it as a number."""
+    path = tmp_path / "params.yaml"
+    path.write_text("train_gan:\n  lr_g: 1e-4\n  lr_d: 2E+1\n  beta1: -1.5e-1\n")
+    raw = yaml.safe_load(path.read_text())["train_gan"]
+    assert raw["lr_g"] == "1e-4"  # what the stages used to see
+    with pytest.raises(ParamsError, match="beta1: must be >= 0.0, got -0.15"):
+        load_section(path, "train_gan", GanParams)
+    path.write_text("train_gan:\n  lr_g: 1e-4\n  lr_d: 2E+1\n  seed: 7\n")
+    params = load_section(path, "train_gan", GanParams)
+    assert (params.lr_g, params.lr_d, params.seed) == (1e-4, 20.0, 7)
+
+
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train_gan:\n  lr_g: 0.001\n  epochs: 2\n  lr_g: 0.002\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: line 4: key 'lr_g' is written twice"):
+        load_section(path, "train_gan", GanParams)
+
+
+def test_a_misspelled_section_is_refused_with_a_suggestion(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train_gan: {}\nsampel:\n  per_class: 5\n")
+    with pytest.raises(ParamsError, match=r"unknown section 'sampel' \(did you mean 'sample'\?\)"):
+        load_section(path, "train_gan", GanParams)
+
+
+def test_cuda_on_a_machine_without_it_is_a_params_error(monkeypatch):
+    """One line from the stage (ParamsError is a known error), not a traceback."""
+    import torch
+
+    from mnistgen.runtime import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ParamsError, match="device 'cuda:1' requested but CUDA is not available"):
+        pick_device("cuda:1")
+    assert pick_device("auto") == torch.device("cpu")

@@ -27,6 +27,19 @@ def test_first_repro_runs_every_stage_and_writes_outputs(pipeline_repo):
     assert not (pipeline_repo / ".resume/train_gan.pt").exists()  # removed once finished
 
 
+def test_long_stages_print_progress_through_dvcs_pipe(pipeline_repo):
+    """dvc repro's stdout is a pipe here, as in `dvc queue logs` or `make repro | tee`: each
+    training stage and evaluate still print their flushed progress lines, ending at 100%."""
+    log = (pipeline_repo / "first_repro.log").read_text()
+    for stage_name in ("train_judge", "train_gan", "evaluate", "train_inverted"):
+        lines = re.findall(rf"^{stage_name}: step (\d+)/(\d+) \((\d+)%\), [\d,]+ \w+/s, "
+                           rf"[\d:]+ elapsed, [\d:]+ left", log, re.M)
+        assert lines, f"no progress line from {stage_name}:\n{log[-2000:]}"
+        step, total, percent = map(int, lines[-1])
+        assert step == total and percent == 100, lines[-1]
+    assert re.search(r"^train_gan: step .*loss_d [-\d.e]+, loss_g [-\d.e]+", log, re.M)
+
+
 def test_metrics_have_every_row_and_score(pipeline_repo):
     summary = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
     assert set(summary["rows"]) == {"real_test", "inverted_softmax", "inverted_sigmoid", "gan"}

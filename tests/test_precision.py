@@ -11,6 +11,7 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize("amx, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_uses_bf16_only_on_cpus_with_bf16_units(monkeypatch, amx, expected):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert resolve_precision("auto", CPU) == expected
     assert resolve_precision("fp32", CPU) == "fp32"  # an explicit choice always wins
     assert resolve_precision("bf16", CPU) == "bf16"
@@ -47,3 +48,15 @@ def test_bf16_step_tracks_fp32_and_keeps_weights_and_optimizer_in_fp32():
             step_fp32 = fp32_state.G.state_dict()[name] - before[name]
             same_sign = (torch.sign(step_bf16) == torch.sign(step_fp32)).float().mean()
             assert same_sign > 0.9, name
+
+
+def test_onednn_held_below_amx_means_no_fast_bf16(monkeypatch):
+    """The laptop path on an AMX machine (ONEDNN_MAX_CPU_ISA=AVX2): auto must pick fp32."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert resolve_precision("auto", CPU) == "bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert resolve_precision("auto", CPU) == "fp32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
+    assert resolve_precision("auto", CPU) == "bf16"
+    assert resolve_precision("bf16", CPU) == "bf16"  # an explicit choice stands

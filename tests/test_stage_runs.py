@@ -113,6 +113,32 @@ def test_locked_tracking_store(pipeline_repo):
     assert_failed_cleanly(result, pipeline_repo, before, "cannot be written", "database is locked")
 
 
+def test_damaged_store_body_is_reported_before_any_work(pipeline_repo, tmp_path):
+    """Garbage in the middle of the database passes a bare BEGIN IMMEDIATE; quick_check sees it."""
+    before = snapshot(pipeline_repo)
+    damaged = tmp_path / "damaged.db"
+    data = bytearray((pipeline_repo / "mlflow.db").read_bytes())
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle:middle + 8192] = b"\xde\xad" * 4096
+    damaged.write_bytes(bytes(data))
+    result = train_gan(pipeline_repo, env={"MLFLOW_TRACKING_URI": f"sqlite:///{damaged}"})
+    assert_failed_cleanly(result, pipeline_repo, before, "is damaged", "move it aside")
+    assert len((result.stdout + result.stderr).strip().splitlines()) == 1
+    assert not list(pipeline_repo.glob("models/.*.staging")) and not list(pipeline_repo.glob(".*.staging"))
+
+
+@pytest.mark.parametrize("uri, phrase", [
+    ("sqlite://mlflow.db", "write sqlite:///relative/path.db"),
+    ("./mlruns", "MLFLOW_ALLOW_FILE_STORE=true"),
+    ("file:///tmp/mlruns", "is a file store"),
+])
+def test_tracking_uris_mlflow_would_refuse_are_named_before_training(pipeline_repo, uri, phrase):
+    before = snapshot(pipeline_repo)
+    result = train_gan(pipeline_repo, env={"MLFLOW_TRACKING_URI": uri})
+    assert_failed_cleanly(result, pipeline_repo, before, phrase)
+    assert len((result.stdout + result.stderr).strip().splitlines()) == 1
+
+
 def test_read_only_store_is_named(tmp_path, monkeypatch):
     # Tests run as root here, which writes through file modes; so the check's input is faked.
     db = tmp_path / "mlflow.db"
@@ -139,6 +165,45 @@ def test_nan_loss_with_on_nan_skip_gives_up_after_max_skips(pipeline_repo):
     result = train_gan(pipeline_repo, gan_params(pipeline_repo, lr_d=1e30, lr_g=1e30,
                                                  on_nan="skip", max_nan_skips=3))
     assert_failed_cleanly(result, pipeline_repo, before, "update skipped", "non-finite loss at step")
+
+
+def test_ctrl_c_stops_in_one_line_marks_the_run_killed_and_resumes_to_the_same_bytes(pipeline_repo, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    before = snapshot(pipeline_repo)
+    params = gan_params(pipeline_repo, epochs=60, checkpoint_every=10 ** 6, eval_every=10 ** 6)
+    resume = pipeline_repo / ".resume/train_gan.pt"
+    resume.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train_gan", "--params", params, "--data",
+                             "data/mnist.npz", "--judge", "models/judge.pt", *GAN_OUTS],
+                            cwd=pipeline_repo, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**env_for(pipeline_repo), "MNISTGEN_PROGRESS_SECONDS": "0.2"})
+    first = proc.stdout.readline()  # the first progress line: training is under way
+    assert first.startswith("train_gan: step "), first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    stopped_at = int(err.split("interrupted at step ")[1].split("/")[0])
+    assert resume.exists() and snapshot(pipeline_repo)[0] == before[0]  # outputs untouched
+    client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("draw-mnist/train_gan").experiment_id
+    killed = client.search_runs([experiment], filter_string="attributes.status = 'KILLED'")
+    assert any(f"interrupted at step {stopped_at}" in r.data.tags.get("error", "") for r in killed)
+
+    result = train_gan(pipeline_repo, params)  # resumes where Ctrl-C stopped it
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from step {stopped_at}" in result.stderr
+    resumed = (pipeline_repo / "models/gan.pt").read_bytes()
+    # the same params without any interruption give the same bytes
+    result = stage(pipeline_repo, "train_gan", "--data", "data/mnist.npz", "--judge", "models/judge.pt",
+                   "--model", str(tmp_path / "gan.pt"), "--losses", str(tmp_path / "l.csv"),
+                   "--quality", str(tmp_path / "q.csv"), "--resume", str(tmp_path / "resume.pt"),
+                   params=params)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gan.pt").read_bytes() == resumed
+    for name in ("models/gan.pt", "plots/gan_losses.csv"):  # as the other tests expect them
+        (pipeline_repo / name).write_bytes(before[0][name])
 
 
 def test_kill_9_then_rerun_resumes_and_never_leaves_half_outputs(pipeline_repo):

@@ -1,0 +1,122 @@
+"""FLOPs of a whole default `dvc repro`, stage by stage, counted with torch.utils.flop_counter.
+
+Each stage's unit of work (one training step, one forward pass over a batch) runs once under
+FlopCounterMode on the real models and shapes; the count is multiplied by how many of them
+the stage's section of params.yaml asks for (epochs x steps, in-training evaluations, CAS
+fits, ...). The counter sees matmuls and convolutions (forward and backward), which is where
+these models spend their arithmetic; element-wise ops and the k-NN distances of
+precision/recall are not counted.
+
+Usage: python -m bench.flops [--params params.yaml]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mnistgen.models import InvertedConfig, InvertedGenerator, Judge, JudgeConfig
+from mnistgen.params import load_section
+from stages.evaluate import EvaluateParams, cas_steps
+from stages.sample import SampleParams
+from stages.train_gan import GanParams, GanState, gan_step
+from stages.train_inverted import InvertedParams, onehot
+from stages.train_judge import JudgeParams, train_classifier
+
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
+CPU = torch.device("cpu")
+
+
+def count(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def classifier_step(channels, feature_dim, batch_size, shift) -> int:
+    """One AdamW step of train_classifier (judge or CAS) on a batch."""
+    model = Judge(JudgeConfig(channels=list(channels), feature_dim=feature_dim))
+    x, y = torch.zeros(batch_size, 1, 28, 28), torch.arange(batch_size) % 10
+    return count(lambda: train_classifier(model=model, images=x, labels=y, epochs=1,
+                                          batch_size=batch_size, lr=1e-3, weight_decay=0.0,
+                                          shift=shift, device=CPU, seed=0))
+
+
+def forward(model, *inputs) -> int:
+    with torch.no_grad():
+        return count(lambda: model.eval()(*inputs))
+
+
+def judge_forward(judge_p: JudgeParams, n: int) -> int:
+    judge = Judge(JudgeConfig(channels=judge_p.channels, feature_dim=judge_p.feature_dim))
+    return forward(judge, torch.zeros(1000, 1, 28, 28)) * n // 1000
+
+
+def stage_flops(params_path: Path) -> dict[str, int]:
+    judge_p = load_section(params_path, "train_judge", JudgeParams)
+    inv_p = load_section(params_path, "train_inverted", InvertedParams)
+    gan_p = load_section(params_path, "train_gan", GanParams)
+    sample_p = load_section(params_path, "sample", SampleParams)
+    eval_p = load_section(params_path, "evaluate", EvaluateParams)
+    flops = {}
+
+    n = judge_p.train_limit or TRAIN_IMAGES
+    steps = judge_p.epochs * (n // judge_p.batch_size)
+    flops["train_judge"] = (steps * classifier_step(judge_p.channels, judge_p.feature_dim,
+                                                    judge_p.batch_size, judge_p.shift)
+                            + judge_forward(judge_p, TEST_IMAGES))
+
+    inverted = InvertedGenerator(InvertedConfig())
+    batch = onehot(torch.arange(inv_p.batch_size) % 10)
+    step = count(lambda: inverted.loss(inverted(batch), torch.rand(inv_p.batch_size, 784)).backward())
+    flops["train_inverted"] = len(inv_p.variants) * inv_p.steps * step
+
+    state = GanState(gan_p, CPU)
+    b = gan_p.batch_size
+    real, labels = torch.zeros(b, 1, 28, 28), torch.arange(b) % 10
+    step = count(lambda: gan_step(state, real, labels, torch.randn(b, gan_p.latent_dim), gan_p))
+    n = gan_p.train_limit or TRAIN_IMAGES
+    total = gan_p.epochs * (n // b)
+    evals = total // gan_p.eval_every + (total % gan_p.eval_every > 0)
+    grids = total // gan_p.sample_every + (total % gan_p.sample_every > 0)
+    g_per_image = forward(state.G_ema, torch.randn(1000, gan_p.latent_dim), torch.arange(1000) % 10) / 1000
+    flops["train_gan"] = int(total * step
+                             + judge_forward(judge_p, 2 * gan_p.eval_samples)  # reference + floor
+                             + evals * (gan_p.eval_samples * g_per_image
+                                        + judge_forward(judge_p, gan_p.eval_samples))
+                             + grids * 100 * g_per_image)
+
+    per_row = 10 * sample_p.per_class
+    flops["sample"] = int(per_row * g_per_image) + len(inv_p.variants) * forward(
+        inverted, onehot(torch.arange(per_row) % 10))
+
+    rows = 2 + len(inv_p.variants)  # real test digits, each inverted variant, the GAN
+    per_row = 10 * eval_p.per_class
+    cas = (cas_steps(per_row, eval_p) * classifier_step(eval_p.cas_channels, 64, eval_p.cas_batch_size, 0)
+           + forward(Judge(JudgeConfig(channels=eval_p.cas_channels, feature_dim=64)),
+                     torch.zeros(TEST_IMAGES, 1, 28, 28)))
+    flops["evaluate"] = (rows + 1) * judge_forward(judge_p, per_row) + rows * cas  # + reference
+    return flops
+
+
+def report(flops: dict[str, int]) -> str:
+    total = sum(flops.values())
+    lines = [f"  {name:<16}{value / 1e12:8.2f} TFLOP  ({value / total:.0%})" for name, value in flops.items()]
+    return "\n".join(lines + [f"  {'total':<16}{total / 1e12:8.2f} TFLOP"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    print("FLOPs of a default dvc repro (torch.utils.flop_counter; matmuls and convolutions):")
+    print(report(stage_flops(args.params)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
