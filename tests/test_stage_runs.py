@@ -171,7 +171,7 @@ def test_ctrl_c_stops_in_one_line_marks_the_run_killed_and_resumes_to_the_same_b
     from mlflow.tracking import MlflowClient
 
     before = snapshot(pipeline_repo)
-    params = gan_params(pipeline_repo, epochs=60, checkpoint_every=10 ** 6, eval_every=10 ** 6)
+    params = gan_params(pipeline_repo, epochs=30, checkpoint_every=10 ** 6, eval_every=10 ** 6)
     resume = pipeline_repo / ".resume/train_gan.pt"
     resume.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "stages.train_gan", "--params", params, "--data",
