@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnistgen.params import ParamsError
+
 CHECKPOINT_FORMAT = 1
 
 
@@ -35,8 +37,6 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from mnistgen.params import ParamsError  # a params problem: reported in one line
-
         raise ParamsError(f"device '{name}' requested but CUDA is not available on this machine; "
                           f"set device: auto or cpu")
     return device

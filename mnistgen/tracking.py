@@ -125,6 +125,17 @@ def start_run(*, stage: str, params: dict, run_id: str | None = None):
     return run
 
 
+def metric_logger(metric: str, progress):
+    """on_log(step, value) for a training loop: the value goes to the active MLflow run as
+    `metric` and onto the progress line."""
+    import mlflow
+
+    def on_log(step: int, value: float) -> None:
+        mlflow.log_metric(metric, value, step=step)
+        progress.update(step, **{metric: value})
+    return on_log
+
+
 def tag_run(**tags) -> None:
     """Set the tags whose value is not None on the active run."""
     import mlflow

@@ -104,15 +104,11 @@ def main(argv=None):
                 tracking.log_mnist_input(Path(args.data))
                 progress = Progress("train_inverted", total=params.steps, per_step=params.batch_size)
 
-                def on_log(step, loss):
-                    mlflow.log_metric("loss_per_image", loss, step=step)
-                    progress.update(step, loss_per_image=loss)
-
                 history = train_inverted(
                     model=model, images=images, labels=labels, lr=params.lr,
                     batch_size=params.batch_size, steps=params.steps, seed=params.seed,
                     log_every=params.log_every, grid_every=params.grid_every,
-                    on_log=on_log,
+                    on_log=tracking.metric_logger("loss_per_image", progress),
                     on_grid=lambda s, m=model: tracking.log_image(digits_picture(m), "digits", s))
                 path = staging / f"{variant}.pt"
                 save_checkpoint(path, kind="inverted", models={"model": model.cpu()},

@@ -139,16 +139,12 @@ def train_judge(*, params: JudgeParams, data: Path, model_path: Path, metrics_pa
         progress = Progress("train_judge", total=params.epochs * (len(train_x) // params.batch_size),
                             per_step=params.batch_size)
 
-        def on_log(step, loss):
-            mlflow.log_metric("train_loss", loss, step=step)
-            progress.update(step, loss=loss)
-
         steps = train_classifier(
             model=model, images=train_x, labels=train_y, epochs=params.epochs,
             batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay,
             shift=params.shift, device=device, seed=params.seed, precision=precision,
             log_every=params.log_every,
-            on_log=on_log, world=world)
+            on_log=tracking.metric_logger("train_loss", progress), world=world)
         seconds = time.perf_counter() - start
         test_acc = accuracy(model, test_x, test_y, device)
         progress.done(steps, test_accuracy=test_acc)
