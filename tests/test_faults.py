@@ -44,10 +44,12 @@ def test_a_failing_staged_folder_is_removed_and_the_old_one_kept(tmp_path):
      "sample: error: cannot write samples/gan.npz: No space left on device; free space"),
     (OSError(errno.EROFS, "Read-only file system", "models/gan.pt"), 1,
      "sample: error: cannot write models/gan.pt: Read-only file system"),
-    (KeyboardInterrupt(), 130, "sample: interrupted; earlier outputs are unchanged"),
+    (KeyboardInterrupt(), 130, "sample: interrupted; rerun to start again (earlier outputs are unchanged)"),
     (Interrupted("interrupted at step 7/10; rerun"), 130, "sample: interrupted at step 7/10; rerun"),
 ])
-def test_stage_runner_turns_machine_faults_into_one_line(capsys, error, code, phrase):
+def test_stage_runner_turns_machine_faults_into_one_line(capsys, monkeypatch, error, code, phrase):
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+
     def body(argv):
         raise error
 
@@ -55,6 +57,28 @@ def test_stage_runner_turns_machine_faults_into_one_line(capsys, error, code, ph
     captured = capsys.readouterr()
     assert captured.err.strip() == phrase or captured.err.startswith(phrase)
     assert len(captured.err.strip().splitlines()) == 1 and captured.out == ""
+
+
+@pytest.mark.parametrize("dvc_stage, removes, note", [
+    ("train_gan", True, "(`dvc checkout train_gan` restores its last good outputs from DVC's cache)"),
+    (None, True, "(earlier outputs are unchanged)"),  # run by hand: nothing was removed
+    ("check_params", False, "(earlier outputs are unchanged)"),  # a `persist` output
+])
+def test_a_failure_under_dvc_says_how_to_get_the_removed_outputs_back(capsys, monkeypatch,
+                                                                       dvc_stage, removes, note):
+    from mnistgen.params import ParamsError
+
+    if dvc_stage:
+        monkeypatch.setenv("DVC_STAGE", dvc_stage)
+    else:
+        monkeypatch.delenv("DVC_STAGE", raising=False)
+    stage = dvc_stage or "train_gan"
+
+    def body(argv):
+        raise ParamsError("train_gan.batch_size 64 is larger than the 10 training images")
+
+    assert run(stage, body, dvc_removes_outputs=removes) == 1
+    assert capsys.readouterr().err == f"{stage}: error: train_gan.batch_size 64 is larger than the 10 training images {note}\n"
 
 
 def test_other_os_errors_are_not_hidden():

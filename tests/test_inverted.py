@@ -1,7 +1,7 @@
 import torch
 
 from mnistgen.models import InvertedConfig, InvertedGenerator
-from stages.train_inverted import train_inverted
+from mnistgen.inverted import train_inverted
 
 
 def small_set(seed=0, n_per_class=20):

@@ -4,7 +4,8 @@ import torch
 
 from mnistgen.models import GanConfig, Generator
 from mnistgen.params import ParamsError, parse_section
-from stages.train_gan import GanParams, GanState, gan_step, mode_seeking_loss, paired
+from conftest import make_params, repo_section
+from mnistgen.gan import GanParams, GanState, gan_step, mode_seeking_loss, paired
 
 CPU = torch.device("cpu")
 
@@ -28,7 +29,7 @@ def test_loss_is_noise_distance_over_image_distance():
 
 def test_minimising_it_pulls_pairs_of_one_label_apart():
     torch.manual_seed(0)
-    G = Generator(GanConfig(arch="conv", latent_dim=8, g_hidden=[8, 8, 4], d_hidden=[8, 8, 8]))
+    G = Generator(GanConfig(arch="conv", latent_dim=8, g_hidden=[8, 8, 4], d_hidden=[8, 8, 8], spectral_norm=False))
     opt = torch.optim.Adam(G.parameters(), lr=1e-2)
     z, labels = torch.randn(32, 8), paired(torch.arange(32) % 10)
 
@@ -52,8 +53,8 @@ def test_gan_step_adds_the_weighted_term_to_the_generator_loss_only():
     labels = paired(torch.arange(20) % 10)  # already paired: every run sees these labels
 
     def fresh_state(weight):
-        p = GanParams(arch="conv", latent_dim=8, g_hidden=[8, 8, 4], d_hidden=[8, 8, 16],
-                      spectral_norm=False, batch_size=20, precision="fp32", mode_seeking=weight)
+        p = make_params("train_gan", arch="conv", latent_dim=8, g_hidden=[8, 8, 4], d_hidden=[8, 8, 16],
+                        spectral_norm=False, batch_size=20, precision="fp32", mode_seeking=weight)
         torch.manual_seed(0)
         return GanState(p, CPU), p
 
@@ -74,4 +75,4 @@ def test_gan_step_adds_the_weighted_term_to_the_generator_loss_only():
 ])
 def test_bad_settings_are_named(raw, message):
     with pytest.raises(ParamsError, match=message):
-        parse_section(raw, GanParams, "train_gan")
+        parse_section({**repo_section("train_gan"), **raw}, GanParams, "train_gan")

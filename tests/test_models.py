@@ -10,7 +10,7 @@ def test_shapes():
     x = torch.randn(5, 1, 28, 28)
     judge = Judge(JudgeConfig(channels=[8, 16], feature_dim=32))
     assert judge(x).shape == (5, 10) and judge.embed(x).shape == (5, 32)
-    cfg = GanConfig(latent_dim=16, g_hidden=[32, 64], d_hidden=[64, 32])
+    cfg = GanConfig(arch="mlp", latent_dim=16, g_hidden=[32, 64], d_hidden=[64, 32], spectral_norm=True)
     G, D = Generator(cfg), Discriminator(cfg)
     labels = torch.arange(5)
     images = G(torch.randn(5, 16), labels)
@@ -19,16 +19,18 @@ def test_shapes():
     packed = PackedGenerator(G.eval())(torch.cat([torch.eye(10)[:5], torch.randn(5, 16)], 1))
     assert packed.shape == (5, 784) and 0 <= packed.min() and packed.max() <= 1
     for channels in ([16, 8], [16, 8, 4]):  # conv G: 7x7 -> 14x14 (-> a 28x28 stage) -> 1 channel
-        conv = Generator(GanConfig(arch="conv", latent_dim=16, g_hidden=channels, d_hidden=[8, 8, 8]))
+        conv = Generator(GanConfig(arch="conv", latent_dim=16, g_hidden=channels, d_hidden=[8, 8, 8],
+                                  spectral_norm=False))
         assert conv(torch.randn(5, 16), labels).shape == (5, 1, 28, 28)
         assert len(conv.convs) == len(channels) - 1 and conv.out.in_channels == channels[-1]
-    inv = InvertedGenerator(InvertedConfig())
+    inv = InvertedGenerator(InvertedConfig(output="softmax"))
     assert inv(torch.eye(10)).shape == (10, 784)
     assert torch.allclose(inv.intensities(torch.eye(10)).amax(1), torch.ones(10))
 
 
 def test_projection_discriminator_depends_on_the_label():
-    D = Discriminator(GanConfig(latent_dim=4, d_hidden=[16], spectral_norm=False))
+    D = Discriminator(GanConfig(arch="mlp", latent_dim=4, g_hidden=[16], d_hidden=[16],
+                                spectral_norm=False))
     x = torch.randn(1, 1, 28, 28)
     assert D(x, torch.tensor([0])) != D(x, torch.tensor([1]))
 

@@ -4,15 +4,10 @@ import pytest
 import yaml
 
 from mnistgen.params import ParamsError, load_section, parse_section
-from stages.download import DownloadParams
-from stages.evaluate import EvaluateParams
-from stages.sample import SampleParams
-from stages.train_gan import GanParams
-from stages.train_inverted import InvertedParams
-from stages.train_judge import JudgeParams
-
-SECTIONS = {"download": DownloadParams, "train_judge": JudgeParams, "train_inverted": InvertedParams,
-            "train_gan": GanParams, "sample": SampleParams, "evaluate": EvaluateParams}
+from conftest import repo_section
+from mnistgen.gan import GanParams
+from mnistgen.inverted import InvertedParams
+from mnistgen.sections import SCHEMAS as SECTIONS
 
 
 @pytest.mark.parametrize("section", SECTIONS)
@@ -24,9 +19,21 @@ def test_repository_params_are_valid_and_complete(section):
     assert set(raw) == {f.name for f in fields(params)}
 
 
+def gan(**raw):
+    """parse_section on params.yaml's train_gan with some keys changed."""
+    return parse_section({**repo_section("train_gan"), **raw}, GanParams, "train_gan")
+
+
+def section_text(section: str, **raw_lines: str) -> str:
+    """params.yaml text of one section, with some keys written by hand (as a user types)."""
+    values = {k: v for k, v in repo_section(section).items() if k not in raw_lines}
+    body = yaml.safe_dump({section: values}, sort_keys=False)
+    return body + "".join(f"  {key}: {text}\n" for key, text in raw_lines.items())
+
+
 def test_typo_names_the_key_and_suggests_the_right_one():
     with pytest.raises(ParamsError, match=r"train_gan\.lr_gg: unknown key \(did you mean 'lr_g'\?\)"):
-        parse_section({"lr_gg": 0.1}, GanParams, "train_gan")
+        gan(lr_gg=0.1)
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -45,13 +52,23 @@ def test_typo_names_the_key_and_suggests_the_right_one():
 ])
 def test_wrong_type_or_range_is_named(raw, message):
     with pytest.raises(ParamsError, match=message):
-        parse_section(raw, GanParams, "train_gan")
+        gan(**raw)
 
 
-def test_integers_are_accepted_for_floats_and_defaults_fill_the_rest():
-    params = parse_section({"lr_g": 1}, GanParams, "train_gan")
+def test_integers_are_accepted_for_floats():
+    params = gan(lr_g=1)
     assert params.lr_g == 1.0 and isinstance(params.lr_g, float)
-    assert params.epochs == GanParams().epochs
+
+
+def test_a_missing_key_is_named_with_what_it_means():
+    """No schema default could disagree with params.yaml: a missing key is an error."""
+    raw = repo_section("train_gan")
+    del raw["ema_decay"], raw["epochs"]
+    with pytest.raises(ParamsError, match=r"train_gan: missing keys epochs, ema_decay "
+                                          r"\(epochs: int; ema_decay: EMA of the generator"):
+        parse_section(raw, GanParams, "train_gan")
+    with pytest.raises(TypeError):  # and no code path can build one with hidden defaults
+        GanParams()
 
 
 def test_missing_file_section_and_bad_yaml(tmp_path):
@@ -68,20 +85,22 @@ def test_missing_file_section_and_bad_yaml(tmp_path):
 
 def test_inverted_variants_must_be_known_and_unique():
     with pytest.raises(ParamsError, match=r"variants\[1\]: expected one of"):
-        parse_section({"variants": ["softmax", "tanh"]}, InvertedParams, "train_inverted")
+        parse_section({**repo_section("train_inverted"), "variants": ["softmax", "tanh"]},
+                      InvertedParams, "train_inverted")
     with pytest.raises(ParamsError, match="at most once"):
-        parse_section({"variants": ["softmax", "softmax"]}, InvertedParams, "train_inverted")
+        parse_section({**repo_section("train_inverted"), "variants": ["softmax", "softmax"]},
+                      InvertedParams, "train_inverted")
 
 
 def test_numbers_read_as_yaml_1_2_and_dvc_read_them(tmp_path):
     """PyYAML alone reads `1e-4` as a string (YAML 1.1); DVC reads it as a number."""
     path = tmp_path / "params.yaml"
-    path.write_text("train_gan:\n  lr_g: 1e-4\n  lr_d: 2E+1\n  beta1: -1.5e-1\n")
+    path.write_text(section_text("train_gan", lr_g="1e-4", lr_d="2E+1", beta1="-1.5e-1"))
     raw = yaml.safe_load(path.read_text())["train_gan"]
     assert raw["lr_g"] == "1e-4"  # what the stages used to see
     with pytest.raises(ParamsError, match="beta1: must be >= 0.0, got -0.15"):
         load_section(path, "train_gan", GanParams)
-    path.write_text("train_gan:\n  lr_g: 1e-4\n  lr_d: 2E+1\n  seed: 7\n")
+    path.write_text(section_text("train_gan", lr_g="1e-4", lr_d="2E+1", seed="7"))
     params = load_section(path, "train_gan", GanParams)
     assert (params.lr_g, params.lr_d, params.seed) == (1e-4, 20.0, 7)
 
@@ -110,3 +129,22 @@ def test_cuda_on_a_machine_without_it_is_a_params_error(monkeypatch):
     with pytest.raises(ParamsError, match="device 'cuda:1' requested but CUDA is not available"):
         pick_device("cuda:1")
     assert pick_device("auto") == torch.device("cpu")
+
+
+def test_check_all_validates_every_section_and_matches_dvc_yaml(tmp_path):
+    from conftest import ROOT
+    from mnistgen.sections import check_all
+
+    stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]) - {"check_params"}
+    assert set(SECTIONS) == stages  # one section per stage, one schema per section
+    assert set(check_all(ROOT / "params.yaml")) == stages
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["evaluate"]["k"] = 0  # the last section: everything before it was valid
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"evaluate\.k: must be >= 1"):
+        check_all(path)
+    del params["evaluate"], params["sample"]
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match="missing sections sample, evaluate"):
+        check_all(path)

@@ -10,7 +10,7 @@ import yaml
 from conftest import dvc, sh, write_params
 
 pytestmark = pytest.mark.slow
-STAGES = ["download", "train_judge", "train_inverted", "train_gan", "sample", "evaluate"]
+STAGES = ["check_params", "download", "train_judge", "train_inverted", "train_gan", "sample", "evaluate"]
 
 
 def ran(output: str) -> set[str]:
@@ -113,7 +113,8 @@ def test_bad_param_stops_with_the_key_named_and_outputs_intact(pipeline_repo):
     finally:
         del params["train_gan"]["lr_gg"]
         write_params(pipeline_repo, params)
-    # outputs are `persist: true` and written by rename, so the failed run left them alone
+    # check_params stopped the run before DVC removed any output
+    assert "Running stage 'train_gan'" not in result.stdout + result.stderr
     assert (pipeline_repo / "models/gan.pt").read_bytes() == model
     assert (pipeline_repo / "dvc.lock").read_text() == before
 
@@ -123,7 +124,77 @@ def test_editing_train_gan_reruns_only_what_depends_on_it(pipeline_repo):
     params["train_gan"]["lr_g"] = 0.0003
     write_params(pipeline_repo, params)
     result = dvc(pipeline_repo, "repro")
-    assert ran(result.stdout + result.stderr) == {"train_gan", "sample", "evaluate"}
+    # check_params reruns on any edit (a second), but writes the same bytes: nothing else follows
+    assert ran(result.stdout + result.stderr) == {"check_params", "train_gan", "sample", "evaluate"}
+
+
+def mlflow_run_count(repo) -> int:
+    import sqlite3
+
+    with sqlite3.connect(repo / "mlflow.db") as con:
+        return con.execute("select count(*) from runs").fetchone()[0]
+
+
+def test_setting_a_param_back_restores_from_the_run_cache(pipeline_repo):
+    """Run A (the first repro), run B (lr_g 0.0003, the test above), then A's value again:
+    DVC's run cache restores A's outputs byte for byte without training or logging a run."""
+    import time
+
+    runs_before = mlflow_run_count(pipeline_repo)
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["train_gan"]["lr_g"] = yaml.safe_load(
+        (pipeline_repo / "first_dvc.lock").read_text())["stages"]["train_gan"]["params"][
+        "params.yaml"]["train_gan"]["lr_g"]
+    write_params(pipeline_repo, params)
+    start = time.monotonic()
+    result = dvc(pipeline_repo, "repro")
+    seconds = time.monotonic() - start
+    output = result.stdout + result.stderr
+    assert ran(output) == {"check_params"}, output
+    for name in ("train_gan", "sample", "evaluate"):
+        assert f"Stage '{name}' is cached - skipping run, checking out outputs" in output
+    first = outs_of((pipeline_repo / "first_dvc.lock").read_text())
+    assert outs_of((pipeline_repo / "dvc.lock").read_text()) == first
+    assert mlflow_run_count(pipeline_repo) == runs_before
+    print(f"run-cache restore of train_gan, sample and evaluate: {seconds:.1f} s")
+
+
+def test_a_failure_after_dvc_removed_the_outputs_names_the_checkout_that_restores_them(pipeline_repo):
+    """A NaN loss only shows once training runs, after DVC removed train_gan's outputs: the
+    message names `dvc checkout train_gan`, which brings back the last good model."""
+    model = (pipeline_repo / "models/gan.pt").read_bytes()
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    good = dict(params["train_gan"])
+    params["train_gan"].update(lr_d=1e30, lr_g=1e30)
+    write_params(pipeline_repo, params)
+    try:
+        result = dvc(pipeline_repo, "repro", "train_gan", check=False)
+    finally:
+        params["train_gan"] = good
+        write_params(pipeline_repo, params)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "non-finite loss at step" in output
+    assert "`dvc checkout train_gan` restores its last good outputs" in output
+    assert not (pipeline_repo / "models/gan.pt").exists()
+    dvc(pipeline_repo, "checkout", "train_gan")
+    assert (pipeline_repo / "models/gan.pt").read_bytes() == model
+    # only check_params (which passed on the bad values) needs its lock entry back
+    result = dvc(pipeline_repo, "repro")
+    assert ran(result.stdout + result.stderr) == {"check_params"}
+
+
+def test_editing_a_library_module_marks_exactly_its_importers_changed(pipeline_repo):
+    """images.py is imported by every stage but download: `dvc status` must say so."""
+    path = pipeline_repo / "mnistgen/images.py"
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    try:
+        status = json.loads(dvc(pipeline_repo, "status", "--json").stdout)
+    finally:
+        path.write_text(original)
+    assert set(status) == {"check_params", "train_judge", "train_inverted", "train_gan", "sample",
+                           "evaluate"}
+    assert json.loads(dvc(pipeline_repo, "status", "--json").stdout) == {}
 
 
 def test_queued_experiments_all_reach_mlflow_and_dvc(pipeline_repo):
@@ -159,6 +230,11 @@ def test_queued_experiments_all_reach_mlflow_and_dvc(pipeline_repo):
     assert len(queued) == 4  # none lost to "database is locked" or a temporary directory
     assert {r.data.params["lr_d"] for r in queued} == set(rates)
     assert all(r.info.status == "FINISHED" and "eval.frechet" in r.data.metrics for r in queued)
+    # a parameter set seen before (here: in the queue) is restored by the run cache, not retrained
+    result = dvc(pipeline_repo, "exp", "run", "-S", "train_gan.lr_d=0.0002")
+    output = result.stdout + result.stderr
+    assert "Stage 'train_gan' is cached - skipping run, checking out outputs" in output, output
+    assert "Running stage 'train_gan'" not in output
 
 
 def test_sweep_reproduces_the_pipelines_gan_and_names_a_broken_variant(pipeline_repo, tmp_path):

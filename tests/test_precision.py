@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mnistgen.runtime import resolve_precision
-from stages.train_gan import GanParams, GanState, gan_step
+from conftest import make_params
+from mnistgen.gan import GanState, gan_step
 
 CPU = torch.device("cpu")
 
@@ -18,8 +19,8 @@ def test_auto_uses_bf16_only_on_cpus_with_bf16_units(monkeypatch, amx, expected)
 
 
 def one_step(precision: str):
-    p = GanParams(arch="conv", latent_dim=16, g_hidden=[16, 8], d_hidden=[8, 16, 32],
-                  spectral_norm=False, batch_size=32, precision=precision)
+    p = make_params("train_gan", arch="conv", latent_dim=16, g_hidden=[16, 8], d_hidden=[8, 16, 32],
+                    spectral_norm=False, batch_size=32, precision=precision, mode_seeking=0.0)
     torch.manual_seed(0)
     state = GanState(p, CPU)
     before = {k: v.clone() for k, v in state.G.state_dict().items()}

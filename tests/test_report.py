@@ -33,3 +33,14 @@ def test_table_has_a_row_per_generator_and_the_floor():
     assert "| conditional GAN | 50.00% | 20.00 (10.0x) | 0.500 | 0.250 | 3.00 | 90.00% |" in out
     assert "99.40%" in out
 
+
+
+def test_readme_draws_the_pipeline_that_dvc_yaml_defines():
+    """The README's diagram is `dvc dag --md` of the current dvc.yaml, not a drawing by hand."""
+    import sys
+
+    dvc = Path(sys.executable).parent / "dvc"
+    result = subprocess.run([str(dvc), "dag", "--md"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in (ROOT / "README.md").read_text(), \
+        "paste the output of `dvc dag --md` into the README's pipeline section"

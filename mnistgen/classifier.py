@@ -1,0 +1,117 @@
+"""The digit classifier: the judge that scores generated digits, and the fresh classifier
+that Classification Accuracy Score (mnistgen.scoring) trains on a row of samples.
+
+Images are float (N, 1, 28, 28) in [-1, 1] (mnistgen.images.to_model_input).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from mnistgen.distributed import World
+from mnistgen.models import Judge, JudgeConfig
+from mnistgen.params import ParamsError, RunParams, field, precision_field
+from mnistgen.runtime import autocast, fast_layout
+
+
+@dataclass
+class JudgeParams(RunParams):
+    """params.yaml's `train_judge` section."""
+    epochs: int = field(lo=1, hi=100)
+    batch_size: int = field(lo=1, hi=65536)
+    lr: float = field(above=0.0, hi=10.0, doc="peak of the one-cycle schedule")
+    weight_decay: float = field(lo=0.0, hi=1.0)
+    channels: list[int] = field(lo=1, hi=1024, doc="conv stages, each halving the image")
+    feature_dim: int = field(lo=2, hi=4096, doc="penultimate layer: Fréchet distance's space")
+    shift: int = field(lo=0, hi=6, doc="random translation in pixels (augmentation)")
+    precision: str = precision_field()
+    train_limit: int = field(lo=0, doc="use only the first N training images; 0 = all")
+    log_every: int = field(lo=1)
+
+    def check(self, section):
+        super().check(section)
+        if not 1 <= len(self.channels) <= 4:
+            raise ParamsError(f"{section}.channels: expected 1 to 4 conv stages, got {self.channels}")
+
+    def model_config(self) -> JudgeConfig:
+        return JudgeConfig(channels=list(self.channels), feature_dim=self.feature_dim)
+
+    def steps(self, n_images: int) -> int:
+        return self.epochs * (n_images // self.batch_size)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to max_shift pixels (zero = background -1 fill)."""
+    if max_shift == 0:
+        return x
+    n = x.shape[0]
+    padded = F.pad(x, [max_shift] * 4, value=-1.0)  # (N, 1, 28+2s, 28+2s)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=gen).to(x.device)
+    steps = torch.arange(28, device=x.device)
+    rows = (dy[:, None] + steps[None, :])  # (N, 28)
+    cols = (dx[:, None] + steps[None, :])
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    return padded[idx, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+
+@torch.no_grad()
+def accuracy(model, images, labels, device, batch=1000) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        logits = model(images[i:i + batch].to(device))
+        correct += (logits.argmax(1).cpu() == labels[i:i + batch]).sum().item()
+    return correct / len(images)
+
+
+def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_decay, shift,
+                     device, seed, precision="fp32", log_every=50, on_log=None,
+                     world: World = World()):
+    """Minimise cross-entropy with AdamW under a one-cycle schedule; images (N,1,28,28).
+    Under torchrun each rank trains on its slice of every global batch. on_log(step, loss)
+    every `log_every` steps. Returns the number of steps."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(images)
+    if batch_size > n:
+        raise ParamsError(f"batch_size {batch_size} is larger than the {n} training images")
+    if batch_size % world.size:
+        raise ParamsError(f"batch_size {batch_size} must divide evenly among {world.size} processes")
+    steps_per_epoch = n // batch_size
+    # on a GPU the whole set (188 MB as float) moves there once, so batches never cross the bus
+    images, labels = images.to(device), labels.to(device)
+    trained = world.wrap(fast_layout(model), device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    step = 0
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        for b in range(steps_per_epoch):
+            idx = order[b * batch_size:(b + 1) * batch_size].to(device)
+            x = world.shard(random_shift(images[idx], shift, gen))
+            y = world.shard(labels[idx])
+            # objective: maximise log p(label | image) of the classifier
+            with autocast(device, precision):
+                loss = F.cross_entropy(trained(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if on_log is not None and step % log_every == 0:
+                on_log(step, loss.item())
+    return step
+
+
+def train_judge(*, params: JudgeParams, images, labels, device, precision: str,
+                world: World = World(), on_log=None) -> tuple[Judge, int]:
+    """A new judge (from the global torch seed) trained on images (N, 1, 28, 28)."""
+    model = Judge(params.model_config()).to(device)
+    steps = train_classifier(model=model, images=images, labels=labels, epochs=params.epochs,
+                             batch_size=params.batch_size, lr=params.lr,
+                             weight_decay=params.weight_decay, shift=params.shift, device=device,
+                             seed=params.seed, precision=precision, log_every=params.log_every,
+                             on_log=on_log, world=world)
+    return model, steps

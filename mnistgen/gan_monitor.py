@@ -1,0 +1,54 @@
+"""What a user watches while the GAN trains: progress lines, loss curves, fixed-noise grids
+and judge scores (accuracy, Fréchet distance against a real-vs-real floor), to MLflow and
+to the curves the stage writes as CSV plots. Passed to mnistgen.gan.train_loop as after_step."""
+from __future__ import annotations
+
+import torch
+
+from mnistgen import tracking
+from mnistgen.gan import GanParams, GanState, balanced_labels, generate
+from mnistgen.images import grid
+from mnistgen.judging import features_and_predictions, quick_score
+from mnistgen.metrics import frechet_distance
+from mnistgen.progress import Progress
+
+
+class Monitor:
+    """Rank 0's view of training; build it only on rank 0."""
+
+    def __init__(self, *, params: GanParams, judge, arrays: dict, limit: int):
+        self.p, self.judge = params, judge
+        self.progress = None  # made at the first step, when the total is known
+        fixed = torch.Generator().manual_seed(params.seed + 2)  # the same material every run
+        self.eval_labels = balanced_labels(params.eval_samples)
+        self.eval_z = torch.randn(params.eval_samples, params.latent_dim, generator=fixed)
+        self.grid_labels = balanced_labels(100).view(10, 10).t().reshape(-1)  # row = digit
+        ref_idx = torch.randperm(limit, generator=fixed)[:params.eval_samples].numpy()
+        self.ref_features, _ = features_and_predictions(judge, arrays["train_images"][:limit][ref_idx])
+        # what real test digits score against the same reference with as few samples: the
+        # curve's floor (Fréchet distance is biased upward at small sample counts)
+        test_idx = torch.randperm(len(arrays["test_images"]), generator=fixed)[:params.eval_samples]
+        test_features, _ = features_and_predictions(judge, arrays["test_images"][test_idx.numpy()])
+        self.floor = frechet_distance(self.ref_features, test_features)
+
+    def __call__(self, s: GanState, step: int, total: int, loss_d: float, loss_g: float):
+        p, last = self.p, step == total
+        if self.progress is None:
+            self.progress = Progress("train_gan", total=total, per_step=p.batch_size)
+        self.progress.update(step, loss_d=loss_d, loss_g=loss_g)
+        if step % p.log_every == 0 or last:
+            s.losses.append([step, round(loss_d, 6), round(loss_g, 6)])
+            tracking.log_metrics({"loss_d": loss_d, "loss_g": loss_g}, step=step)
+        if step % p.sample_every == 0 or last:
+            picture = grid(generate(s.G_ema, self.grid_labels, self.eval_z[:100]), rows=10)
+            tracking.log_image(picture, "fixed_noise_grid", step)
+        if step % p.eval_every == 0 or last:
+            fakes = generate(s.G_ema, self.eval_labels, self.eval_z)
+            q = quick_score(self.judge, fakes, self.eval_labels.numpy(), self.ref_features)
+            s.quality.append([step, step * p.batch_size, round(q["accuracy"], 5), round(q["frechet"], 4),
+                              round(self.floor, 4)])
+            tracking.log_metrics({"eval_accuracy": q["accuracy"], "eval_frechet": q["frechet"],
+                                  "eval_frechet_floor": self.floor}, step=step)
+            self.progress.values.update(judge_accuracy=q["accuracy"], frechet=q["frechet"])
+        if last:
+            self.progress.done()

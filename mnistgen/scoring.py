@@ -1,0 +1,140 @@
+"""Scoring rows of digits with the judge, as `evaluate` does.
+
+Per row, on the same number of samples (`per_class` per digit): conditional accuracy,
+Fréchet distance in the judge's features against real training digits (the real test row
+gives the real-vs-real floor), improved precision/recall (k-NN manifolds), within-class
+diversity and Classification Accuracy Score (a fresh classifier trained on the row's
+digits, tested on the real test set).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnistgen.classifier import accuracy, train_classifier
+from mnistgen.data import DataError
+from mnistgen.images import to_model_input
+from mnistgen.judging import features_and_predictions
+from mnistgen.metrics import frechet_distance, precision_recall, within_class_diversity
+from mnistgen.models import Judge, JudgeConfig
+from mnistgen.params import ParamsError, RunParams, field
+from mnistgen.progress import Progress
+from mnistgen.runtime import set_seed
+
+REAL = "real_test"  # the row of real test digits: the floor every other row is read against
+
+
+@dataclass
+class EvaluateParams(RunParams):
+    """params.yaml's `evaluate` section."""
+    per_class: int = field(lo=10, hi=892, doc="samples per digit in every row (test has >= 892)")
+    k: int = field(lo=1, hi=50, doc="neighbours for the precision/recall manifolds")
+    cas_epochs: int = field(lo=1, hi=100)
+    cas_batch_size: int = field(lo=1)
+    cas_lr: float = field(above=0.0, hi=10.0)
+    cas_channels: list[int] = field(lo=1, hi=1024)
+
+
+def per_class_pick(labels: np.ndarray, per_class: int, gen: np.random.Generator) -> np.ndarray:
+    """Indices of `per_class` random items of each digit, class-major."""
+    picks = []
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ParamsError(f"evaluate.per_class {per_class} exceeds the {len(members)} "
+                              f"available digits {c}")
+        picks.append(np.sort(gen.choice(members, per_class, replace=False)))
+    return np.concatenate(picks)
+
+
+def cas_steps(n_images: int, params: EvaluateParams) -> int:
+    return params.cas_epochs * (n_images // params.cas_batch_size)
+
+
+def cas(*, images, labels, test_x, test_y, params: EvaluateParams, device, on_log=None) -> float:
+    """Classification Accuracy Score: train on `images` only, test on real test digits.
+    on_log(step, loss) is called every 10 training steps (progress)."""
+    set_seed(params.seed)
+    model = Judge(JudgeConfig(channels=params.cas_channels, feature_dim=64)).to(device)
+    train_classifier(model=model, images=to_model_input(images), labels=torch.as_tensor(labels).long(),
+                     epochs=params.cas_epochs, batch_size=params.cas_batch_size, lr=params.cas_lr,
+                     weight_decay=1e-4, shift=0, device=device, seed=params.seed,
+                     log_every=10, on_log=on_log)
+    return accuracy(model, test_x, test_y, device)
+
+
+def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, device,
+              cas_train=None, on_log=None) -> tuple[dict, dict]:
+    """Summary and per-class metrics of one row of samples (class-major order). CAS trains
+    on the row's own digits, or on `cas_train` = (images, labels) when given."""
+    cas_images, cas_labels = cas_train if cas_train is not None else (images, labels)
+    feats, preds = features_and_predictions(judge, images)
+    precision, recall = precision_recall(ref_features, feats, k=params.k)
+    diversity = within_class_diversity(feats, labels)
+    summary = {"accuracy": float((preds == labels).mean()),
+               "frechet": frechet_distance(ref_features, feats),
+               "precision": precision, "recall": recall,
+               "diversity": float(np.mean(list(diversity.values()))),
+               "cas": cas(images=cas_images, labels=cas_labels, test_x=test_x, test_y=test_y,
+                          params=params, device=device, on_log=on_log)}
+    ref_labels = np.arange(10).repeat(params.per_class)
+    per_class = {str(c): {"accuracy": float((preds[labels == c] == c).mean()),
+                          "frechet": frechet_distance(ref_features[ref_labels == c], feats[labels == c]),
+                          "diversity": diversity[c]} for c in range(10)}
+    return summary, per_class
+
+
+def rounded(obj, digits=5):
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    return round(obj, digits) if isinstance(obj, float) else obj
+
+
+def sample_rows(samples_dir: Path, per_class: int, gen: np.random.Generator) -> tuple[dict, dict]:
+    """{row name: (images, labels)} of `per_class` digits each from <samples_dir>/*.npz (the
+    seed's generator, its variants, then the GAN) and {row name: checkpoint sha256}."""
+    files = sorted(Path(samples_dir).glob("*.npz"),
+                   key=lambda p: (p.stem != "inverted_softmax", p.stem == "gan", p.stem))
+    if not files:
+        raise DataError(f"{samples_dir}: no samples (*.npz); run `dvc repro sample` first")
+    rows, sources = {}, {}
+    for path in files:
+        with np.load(path, allow_pickle=False) as npz:
+            pick = per_class_pick(npz["labels"], per_class, gen)
+            rows[path.stem] = (npz["images"][pick], npz["labels"][pick])
+            sources[path.stem] = str(npz["checkpoint_sha256"])
+    return rows, sources
+
+
+def evaluate(*, params: EvaluateParams, arrays: dict, judge, samples_dir: Path,
+             device) -> tuple[dict, dict, dict]:
+    """(summary, per-class metrics, {row: checkpoint sha256}) of the real test row and of
+    every generator's samples, each row scored on 10 x per_class digits."""
+    gen = np.random.default_rng(params.seed)
+    ref_idx = per_class_pick(arrays["train_labels"], params.per_class, gen)
+    ref_images, ref_labels = arrays["train_images"][ref_idx], arrays["train_labels"][ref_idx]
+    ref_features, _ = features_and_predictions(judge, ref_images)
+    test_x = to_model_input(arrays["test_images"])
+    test_y = torch.as_tensor(arrays["test_labels"]).long()
+
+    test_idx = per_class_pick(arrays["test_labels"], params.per_class, gen)
+    rows = {REAL: (arrays["test_images"][test_idx], arrays["test_labels"][test_idx])}
+    generated, sources = sample_rows(samples_dir, params.per_class, gen)
+    rows.update(generated)
+    summary, per_class = {}, {}
+    steps = cas_steps(10 * params.per_class, params)  # CAS steps per row (10 x per_class digits)
+    progress = Progress("evaluate", total=len(rows) * steps, per_step=params.cas_batch_size)
+    for row, (name, (images, labels)) in enumerate(rows.items()):
+        summary[name], per_class[name] = score_row(
+            images=images, labels=labels.astype(np.int64), judge=judge, ref_features=ref_features,
+            params=params, test_x=test_x, test_y=test_y, device=device,
+            # real-data CAS trains on as many real *training* digits, never on the test set
+            cas_train=(ref_images, ref_labels.astype(np.int64)) if name == REAL else None,
+            on_log=lambda step, loss, row=row: progress.update(row * steps + step, row=row + 1,
+                                                               cas_loss=loss))
+        progress.done((row + 1) * steps)
+        print(f"evaluate: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[name].items()))
+    return rounded(summary), rounded(per_class), sources

@@ -1,0 +1,26 @@
+"""Every section of params.yaml with its schema, for checking the whole file at once (the
+`check_params` stage runs before any stage that could remove outputs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnistgen.classifier import JudgeParams
+from mnistgen.data import DownloadParams
+from mnistgen.gan import GanParams
+from mnistgen.inverted import InvertedParams
+from mnistgen.params import SECTIONS, ParamsError, parse_section, read_params
+from mnistgen.sampling import SampleParams
+from mnistgen.scoring import EvaluateParams
+
+SCHEMAS = {"download": DownloadParams, "train_judge": JudgeParams, "train_inverted": InvertedParams,
+           "train_gan": GanParams, "sample": SampleParams, "evaluate": EvaluateParams}
+assert tuple(SCHEMAS) == SECTIONS, "mnistgen.params.SECTIONS lists the same sections"
+
+
+def check_all(path: str | Path) -> dict:
+    """Every section parsed and validated: {section: params object}, or ParamsError."""
+    data = read_params(path)
+    missing = [name for name in SCHEMAS if name not in data]
+    if missing:
+        raise ParamsError(f"{path}: missing section{'s' * (len(missing) > 1)} {', '.join(missing)}")
+    return {name: parse_section(data[name], cls, name) for name, cls in SCHEMAS.items()}
