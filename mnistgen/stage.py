@@ -11,7 +11,7 @@ import time
 from mnistgen.data import DataError
 from mnistgen.params import ParamsError
 from mnistgen.runtime import CheckpointError, Interrupted, TrainingError
-from mnistgen.tracking import TrackingError
+from mnistgen.tracking import TrackingError, tracking_uri
 
 KNOWN_ERRORS = (ParamsError, DataError, CheckpointError, TrackingError, TrainingError)
 
@@ -40,6 +40,16 @@ def resources() -> tuple[float, float]:
     except ImportError:  # Windows: psutil's peak working set
         peak_mb = getattr(me.memory_info(), "peak_wset", me.memory_info().rss) / 2 ** 20
     return time.time() - me.create_time(), peak_mb
+
+
+def store_full(err: BaseException) -> bool:
+    """Whether SQLite (under MLflow and SQLAlchemy, which wrap it twice) ran out of disk."""
+    while err is not None:
+        if "database or disk is full" in str(err) or (isinstance(err, OSError)
+                                                      and err.errno in FULL_OR_READ_ONLY):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def outputs_note(stage: str, dvc_removes_outputs: bool) -> str:
@@ -72,6 +82,12 @@ def run(stage: str, body, argv=None, dvc_removes_outputs: bool = True) -> int:
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; rerun to start again ({note})", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is a full store
+        if not store_full(err):
+            raise
+        print(f"{stage}: error: the MLflow store's disk is full ({tracking_uri()}); free space "
+              f"and rerun: the run left open is marked FAILED then ({note})", file=sys.stderr)
+        return 1
     wall, peak_mb = resources()
     print(f"{stage}: wall {wall:.1f} s, peak memory {peak_mb:.0f} MB")
     return 0

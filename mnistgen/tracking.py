@@ -11,6 +11,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -98,13 +99,76 @@ def git_commit(root: Path) -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
+def process_tags() -> dict:
+    """Which process holds a run open: lets a later run tell a dead one from a live one."""
+    import psutil
+
+    return {"mnistgen.host": socket.gethostname(), "mnistgen.pid": str(os.getpid()),
+            "mnistgen.pid_started": f"{psutil.Process().create_time():.2f}"}
+
+
 def run_tags(stage: str) -> dict:
     root = repo_root()
     tags = {"mlflow.source.git.commit": git_commit(root), "git_commit": git_commit(root),
-            "dvc_stage": os.environ.get("DVC_STAGE", stage)}
+            "dvc_stage": os.environ.get("DVC_STAGE", stage), **process_tags()}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
+
+
+def _process_alive(pid: str | None, started: str | None) -> bool:
+    import psutil
+
+    try:
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 1.0
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+def close_orphaned_runs(client, experiment_id: str) -> list[str]:
+    """Runs of this machine whose process is gone but which are still RUNNING (a kill -9, or
+    a disk so full that MLflow could not record the end): mark them FAILED, saying why.
+    Runs of live processes (a parallel experiment) and of other machines are left alone."""
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("mnistgen.host") != socket.gethostname() or _process_alive(
+                tags.get("mnistgen.pid"), tags.get("mnistgen.pid_started")):
+            continue
+        client.set_tag(run.info.run_id, "error", "its process ended without closing the run (killed, "
+                       "or the disk was full); marked FAILED when the next run started")
+        client.set_terminated(run.info.run_id, "FAILED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def reroot_artifacts(db: Path, root: Path) -> str | None:
+    """mlflow.db records absolute artifact folders (`<root>/mlruns/N`). In a copied or moved
+    repository they still name the old folder, so this copy's artifacts would land in the
+    original's. Re-root every location under the old `<root>/mlruns` to this root's; returns
+    the old root, or None when nothing pointed elsewhere."""
+    new_prefix = str(Path(root) / "mlruns")
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        try:
+            rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError:  # a new store: MLflow has not made its tables yet
+            return None
+        olds = set()
+        for exp_id, location in rows:  # MLflow's own layout: <root>/mlruns/<experiment id>
+            folder, _, last = (location or "").rpartition(os.sep)
+            if last == str(exp_id) and Path(folder).name == "mlruns" and folder != new_prefix:
+                olds.add(folder)
+        if not olds:
+            return None
+        columns = [("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                   ("logged_models", "artifact_location"), ("model_versions", "storage_location")]
+        with con:
+            for old in olds:
+                for table, column in columns:
+                    con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                                (new_prefix, len(old) + 1, old, len(old) + 1, old + os.sep))
+    return str(Path(sorted(olds)[0]).parent)
 
 
 @contextlib.contextmanager
@@ -118,22 +182,43 @@ def start_run(*, stage: str, params: dict, run_id: str | None = None):
     check_store(uri)
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
-        mlflow.set_experiment(f"draw-mnist/{stage}")
+        db = _sqlite_path(uri)
+        if db is not None and db == repo_root() / "mlflow.db" and db.exists():
+            old = reroot_artifacts(db, repo_root())
+            if old:
+                print(f"MLflow: this repository was copied or moved from {old}; artifact folders "
+                      f"in mlflow.db now point at {repo_root() / 'mlruns'}", file=sys.stderr)
+        experiment = mlflow.set_experiment(f"draw-mnist/{stage}")
+        close_orphaned_runs(mlflow.tracking.MlflowClient(), experiment.experiment_id)
         if run_id is not None and _run_exists(run_id):
-            active = mlflow.start_run(run_id=run_id)
+            active = mlflow.start_run(run_id=run_id)  # a resumed training: its run again
+            mlflow.set_tags(process_tags())
+            if "error" in active.data.tags:  # why it stopped before: no longer true
+                mlflow.tracking.MlflowClient().delete_tag(run_id, "error")
         else:
             active = mlflow.start_run(run_name=stage, tags=run_tags(stage))
             mlflow.log_params(flatten(params))
-    with active:
-        try:
-            yield active
-        except (Interrupted, KeyboardInterrupt) as err:
-            tag_run(error=str(err) or "interrupted (Ctrl-C)")
-            mlflow.end_run(status="KILLED")
-            raise
-        except Exception as err:
-            tag_run(error=str(err)[:5000])  # the UI shows why; the stage prints it too
-            raise
+    try:
+        yield active
+    except (Interrupted, KeyboardInterrupt) as err:
+        _close_quietly(str(err) or "interrupted (Ctrl-C)", "KILLED")
+        raise
+    except BaseException as err:
+        _close_quietly(str(err)[:5000], "FAILED")  # the UI shows why; the stage prints it too
+        raise
+    mlflow.end_run()  # FINISHED
+
+
+def _close_quietly(error: str, status: str) -> None:
+    """Record why the active run ended; a store that cannot take it (a full disk) must not
+    bury the real error under its own: the next run marks this one instead."""
+    import mlflow
+
+    try:
+        tag_run(error=error)
+        mlflow.end_run(status=status)
+    except Exception:  # noqa: BLE001 - the error being raised is the one that matters
+        pass
 
 
 def metric_logger(metric: str, progress):

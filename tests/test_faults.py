@@ -87,3 +87,83 @@ def test_other_os_errors_are_not_hidden():
 
     with pytest.raises(OSError):
         run("sample", body)
+
+
+def test_a_full_mlflow_store_is_one_line_not_a_chain_of_tracebacks(capsys, monkeypatch):
+    """What MLflow raises when SQLite's disk is full: an MlflowException over SQLAlchemy's
+    OperationalError over sqlite3's (here built the same way, no disk filled)."""
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+
+    def body(argv):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as inner:
+            raise MlflowException("(sqlite3.OperationalError) database or disk is full") from inner
+
+    assert run("train_gan", body) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("train_gan: error: the MLflow store's disk is full")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_runs_whose_process_died_are_marked_failed_on_the_next_start(tmp_path, monkeypatch):
+    """A kill -9, or a store too full to record the end, leaves a run RUNNING forever; the
+    next run in that experiment marks it FAILED with the reason. A live process's run (a
+    parallel experiment) and another machine's are left alone."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from mnistgen import tracking
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("draw-mnist/train_gan")
+    me = tracking.process_tags()
+    dead = client.create_run(exp, tags={**me, "mnistgen.pid_started": "1.00"}).info.run_id  # pid reused
+    alive = client.create_run(exp, tags=me).info.run_id
+    elsewhere = client.create_run(exp, tags={**me, "mnistgen.host": "another-machine",
+                                             "mnistgen.pid_started": "1.00"}).info.run_id
+    assert tracking.close_orphaned_runs(client, exp) == [dead]
+    assert client.get_run(dead).info.status == "FAILED"
+    assert "ended without closing the run" in client.get_run(dead).data.tags["error"]
+    assert {client.get_run(r).info.status for r in (alive, elsewhere)} == {"RUNNING"}
+    assert os.getpid() == int(me["mnistgen.pid"])
+
+
+def test_a_copied_repository_writes_artifacts_into_its_own_mlruns(tmp_path, monkeypatch):
+    """mlflow.db stores absolute artifact folders; after `cp -r` the copy's runs would log
+    into the original's mlruns/. reroot_artifacts points them at the copy's own."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from mnistgen import tracking
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    monkeypatch.chdir(original)  # MLflow puts artifacts under ./mlruns of the working directory
+    client = MlflowClient(f"sqlite:///{original / 'mlflow.db'}")
+    exp = client.create_experiment("draw-mnist/train_gan")
+    run_id = client.create_run(exp).info.run_id
+    (original / "a.txt").write_text("first")
+    client.log_artifact(run_id, str(original / "a.txt"))
+    shutil.copytree(original, copy)
+    before = sorted(p.relative_to(original) for p in (original / "mlruns").rglob("*"))
+
+    assert tracking.reroot_artifacts(copy / "mlflow.db", copy) == str(original)
+    assert tracking.reroot_artifacts(copy / "mlflow.db", copy) is None  # once is enough
+    monkeypatch.chdir(copy)
+    from mlflow.tracking._tracking_service import utils
+    utils._artifact_repos_cache.clear()  # per process: a new stage process starts without it
+    copied = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    assert copied.get_experiment(exp).artifact_location == str(copy / "mlruns" / exp)
+    (copy / "b.txt").write_text("second")
+    copied.log_artifact(run_id, str(copy / "b.txt"))
+    assert sorted(p.relative_to(original) for p in (original / "mlruns").rglob("*")) == before
+    assert [a.path for a in copied.list_artifacts(run_id)] == ["a.txt", "b.txt"]
+    assert list((copy / "mlruns").rglob("b.txt"))
