@@ -131,7 +131,7 @@ def conventional_gan_bench(p: GanParams, arrays: dict, steps: int, repeats: int)
 
 
 def judge_bench(p: JudgeParams, images, labels, steps: int, repeats: int):
-    model = fast_layout(Judge(JudgeConfig(channels=p.channels, feature_dim=p.feature_dim)))
+    model = fast_layout(Judge(p.model_config()))
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
     gen = torch.Generator().manual_seed(0)
     cpu = torch.device("cpu")

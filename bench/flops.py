@@ -39,7 +39,7 @@ def count(fn) -> int:
 
 def classifier_step(channels, feature_dim, batch_size, shift) -> int:
     """One AdamW step of train_classifier (judge or CAS) on a batch."""
-    model = Judge(JudgeConfig(channels=list(channels), feature_dim=feature_dim))
+    model = Judge(JudgeConfig(channels=list(channels), feature_dim=feature_dim, input_blur=0.0))
     x, y = torch.zeros(batch_size, 1, 28, 28), torch.arange(batch_size) % 10
     return count(lambda: train_classifier(model=model, images=x, labels=y, epochs=1,
                                           batch_size=batch_size, lr=1e-3, weight_decay=0.0,
@@ -52,7 +52,7 @@ def forward(model, *inputs) -> int:
 
 
 def judge_forward(judge_p: JudgeParams, n: int) -> int:
-    judge = Judge(JudgeConfig(channels=judge_p.channels, feature_dim=judge_p.feature_dim))
+    judge = Judge(judge_p.model_config())
     return forward(judge, torch.zeros(1000, 1, 28, 28)) * n // 1000
 
 
@@ -97,7 +97,7 @@ def stage_flops(params_path: Path) -> dict[str, int]:
     rows = 2 + len(inv_p.variants)  # real test digits, each inverted variant, the GAN
     per_row = 10 * eval_p.per_class
     cas = (cas_steps(per_row, eval_p) * classifier_step(eval_p.cas_channels, 64, eval_p.cas_batch_size, 0)
-           + forward(Judge(JudgeConfig(channels=eval_p.cas_channels, feature_dim=64)),
+           + forward(Judge(JudgeConfig(channels=eval_p.cas_channels, feature_dim=64, input_blur=0.0)),
                      torch.zeros(TEST_IMAGES, 1, 28, 28)))
     flops["evaluate"] = (rows + 1) * judge_forward(judge_p, per_row) + rows * cas  # + reference
     return flops

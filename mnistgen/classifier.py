@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torchvision.transforms.v2.functional as TF
 from torch.nn import functional as F
 
 from mnistgen.distributed import World
@@ -26,6 +27,9 @@ class JudgeParams(RunParams):
     channels: list[int] = field(lo=1, hi=1024, doc="conv stages, each halving the image")
     feature_dim: int = field(lo=2, hi=4096, doc="penultimate layer: Fréchet distance's space")
     shift: int = field(lo=0, hi=6, doc="random translation in pixels (augmentation)")
+    smooth: float = field(lo=0.0, hi=1.0, doc="share of each batch resampled or blurred (augmentation)")
+    noise: float = field(lo=0.0, hi=64.0, doc="pixel noise of up to N grey levels (augmentation)")
+    input_blur: float = field(lo=0.0, hi=3.0, doc="sigma of the judge's fixed low-pass front end; 0 = none")
     precision: str = precision_field()
     train_limit: int = field(lo=0, doc="use only the first N training images; 0 = all")
     log_every: int = field(lo=1)
@@ -36,7 +40,8 @@ class JudgeParams(RunParams):
             raise ParamsError(f"{section}.channels: expected 1 to 4 conv stages, got {self.channels}")
 
     def model_config(self) -> JudgeConfig:
-        return JudgeConfig(channels=list(self.channels), feature_dim=self.feature_dim)
+        return JudgeConfig(channels=list(self.channels), feature_dim=self.feature_dim,
+                           input_blur=self.input_blur)
 
     def steps(self, n_images: int) -> int:
         return self.epochs * (n_images // self.batch_size)
@@ -56,6 +61,32 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
     return padded[idx, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
 
 
+def smooth_and_noise(x: torch.Tensor, *, smooth: float, noise: float,
+                     gen: torch.Generator) -> torch.Tensor:
+    """Harmless changes, so the judge's features stop telling them apart (see
+    mnistgen.transforms): a `smooth` share of the batch is resampled 28 -> s -> 28 (s drawn
+    from 20..36, bilinear) or blurred (sigma drawn from 0.3..1.0), and every image gets pixel
+    noise of up to `noise` grey levels (of 255). x (N, 1, 28, 28) in [-1, 1]."""
+    n = len(x)
+    if smooth > 0:
+        picked = torch.rand(n, generator=gen) < smooth
+        resample = picked & (torch.rand(n, generator=gen) < 0.5)
+        blurred = picked & ~resample
+        size = int(torch.randint(20, 37, (1,), generator=gen))
+        sigma = float(0.3 + 0.7 * torch.rand(1, generator=gen))
+        x = x.clone()
+        if resample.any():
+            idx = resample.nonzero().squeeze(1).to(x.device)
+            x[idx] = TF.resize(TF.resize(x[idx], [size, size], antialias=True), [28, 28], antialias=True)
+        if blurred.any():
+            idx = blurred.nonzero().squeeze(1).to(x.device)
+            x[idx] = TF.gaussian_blur(x[idx], [3, 3], [sigma, sigma])
+    if noise > 0:
+        std = noise / 127.5 * torch.rand(n, 1, 1, 1, generator=gen)
+        x = (x + std.to(x.device) * torch.randn(x.shape, generator=gen).to(x.device)).clamp(-1, 1)
+    return x
+
+
 @torch.no_grad()
 def accuracy(model, images, labels, device, batch=1000) -> float:
     model.eval()
@@ -68,7 +99,7 @@ def accuracy(model, images, labels, device, batch=1000) -> float:
 
 def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_decay, shift,
                      device, seed, precision="fp32", log_every=50, on_log=None,
-                     world: World = World()):
+                     world: World = World(), smooth: float = 0.0, noise: float = 0.0):
     """Minimise cross-entropy with AdamW under a one-cycle schedule; images (N,1,28,28).
     Under torchrun each rank trains on its slice of every global batch. on_log(step, loss)
     every `log_every` steps. Returns the number of steps."""
@@ -90,7 +121,10 @@ def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_de
         order = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size].to(device)
-            x = world.shard(random_shift(images[idx], shift, gen))
+            x = random_shift(images[idx], shift, gen)
+            if smooth or noise:
+                x = smooth_and_noise(x, smooth=smooth, noise=noise, gen=gen)
+            x = world.shard(x)
             y = world.shard(labels[idx])
             # objective: maximise log p(label | image) of the classifier
             with autocast(device, precision):
@@ -113,5 +147,5 @@ def train_judge(*, params: JudgeParams, images, labels, device, precision: str,
                              batch_size=params.batch_size, lr=params.lr,
                              weight_decay=params.weight_decay, shift=params.shift, device=device,
                              seed=params.seed, precision=precision, log_every=params.log_every,
-                             on_log=on_log, world=world)
+                             on_log=on_log, world=world, smooth=params.smooth, noise=params.noise)
     return model, steps

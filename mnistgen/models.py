@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
@@ -24,6 +25,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 class JudgeConfig:
     channels: list[int]
     feature_dim: int  # the penultimate layer: the space Fréchet distance lives in
+    input_blur: float  # sigma of a fixed Gaussian blur on every input (0 = none): a low-pass
+                       # front end, so stroke rendering (resampling, slight blur) matters less
 
 
 class Judge(nn.Module):
@@ -44,6 +47,8 @@ class Judge(nn.Module):
         self.head = nn.Linear(cfg.feature_dim, 10)
 
     def embed(self, x):  # (N, 1, 28, 28) -> (N, feature_dim)
+        if self.cfg.input_blur > 0:
+            x = TF.gaussian_blur(x, [5, 5], [self.cfg.input_blur, self.cfg.input_blur])
         return self.features(self.conv(x))
 
     def forward(self, x):  # -> (N, 10) logits

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 START, END = "<!-- metrics-table:start -->", "<!-- metrics-table:end -->"
+CAL_START, CAL_END = "<!-- calibration-table:start -->", "<!-- calibration-table:end -->"
 LABELS = {"real_test": "real test digits (reference)", "inverted_softmax": "seed: inverted softmax",
           "inverted_sigmoid": "variant: inverted sigmoid", "gan": "conditional GAN"}
 
@@ -30,18 +31,38 @@ def table(summary: dict, judge: dict) -> str:
     return "\n".join(lines)
 
 
-def render(readme: str, *, summary: dict, judge: dict) -> str:
-    """The README text with its table rebuilt from evaluate.json (`summary`) and judge.json."""
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table(summary, judge)}\n{END}{tail}"
+def calibration_table(calibration: dict) -> str:
+    floor = calibration["floor_frechet"]
+    lines = ["| real test digits, changed | kind | judge accuracy | Fréchet distance (x floor) "
+             "| precision | recall |", "|---|---|---|---|---|---|"]
+    rows = sorted(calibration["rows"].items(), key=lambda item: (item[1]["kind"] != "harmless", item[0]))
+    for name, row in rows:  # harmless changes first
+        lines.append(f"| {name} | {row['kind']} | {row['accuracy']:.2%} | {row['frechet']:.2f} "
+                     f"({row['frechet'] / floor:.1f}x) | {row['precision']:.3f} | {row['recall']:.3f} |")
+    return "\n".join(lines)
+
+
+def _replace(text: str, start: str, end: str, body: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def render(readme: str, *, summary: dict, judge: dict, calibration: dict | None = None) -> str:
+    """The README text with its tables rebuilt from evaluate.json (`summary`), judge.json
+    and calibration.json (where the README has a calibration table)."""
+    readme = _replace(readme, START, END, table(summary, judge))
+    if calibration is not None and CAL_START in readme:
+        readme = _replace(readme, CAL_START, CAL_END, calibration_table(calibration))
+    return readme
 
 
 def main(argv=None) -> int:
     path = Path((argv or sys.argv[1:] or ["README.md"])[0])
     metrics = path.parent / "metrics"
-    path.write_text(render(path.read_text(), summary=json.loads((metrics / "evaluate.json").read_text()),
-                           judge=json.loads((metrics / "judge.json").read_text())))
+    read = lambda name: json.loads((metrics / name).read_text())  # noqa: E731
+    path.write_text(render(path.read_text(), summary=read("evaluate.json"), judge=read("judge.json"),
+                           calibration=read("calibration.json")))
     print(f"report: table in {path} updated from metrics/")
     return 0
 

@@ -23,6 +23,7 @@ from mnistgen.models import Judge, JudgeConfig
 from mnistgen.params import ParamsError, RunParams, field
 from mnistgen.progress import Progress
 from mnistgen.runtime import set_seed
+from mnistgen.transforms import CALIBRATION
 
 REAL = "real_test"  # the row of real test digits: the floor every other row is read against
 
@@ -58,7 +59,7 @@ def cas(*, images, labels, test_x, test_y, params: EvaluateParams, device, on_lo
     """Classification Accuracy Score: train on `images` only, test on real test digits.
     on_log(step, loss) is called every 10 training steps (progress)."""
     set_seed(params.seed)
-    model = Judge(JudgeConfig(channels=params.cas_channels, feature_dim=64)).to(device)
+    model = Judge(JudgeConfig(channels=params.cas_channels, feature_dim=64, input_blur=0.0)).to(device)
     train_classifier(model=model, images=to_model_input(images), labels=torch.as_tensor(labels).long(),
                      epochs=params.cas_epochs, batch_size=params.cas_batch_size, lr=params.cas_lr,
                      weight_decay=1e-4, shift=0, device=device, seed=params.seed,
@@ -87,13 +88,35 @@ def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, de
     return summary, per_class
 
 
+def judge_scores(*, images, labels, judge, ref_features, k: int) -> dict:
+    """The judge-only part of a row's summary (no CAS): accuracy, Fréchet, precision, recall."""
+    feats, preds = features_and_predictions(judge, images)
+    precision, recall = precision_recall(ref_features, feats, k=k)
+    return {"accuracy": float((preds == labels).mean()), "frechet": frechet_distance(ref_features, feats),
+            "precision": precision, "recall": recall}
+
+
+def calibrate(*, images, labels, judge, ref_features, k: int) -> dict:
+    """The real test digits under each harmless and harmful change of mnistgen.transforms,
+    scored like a generator: {change: {kind, accuracy, frechet, precision, recall}}."""
+    return {name: {"kind": kind, **judge_scores(images=change(images, labels), labels=labels,
+                                                judge=judge, ref_features=ref_features, k=k)}
+            for name, (kind, change) in CALIBRATION.items()}
+
+
 def rounded(obj, digits=5):
     if isinstance(obj, dict):
         return {k: rounded(v, digits) for k, v in obj.items()}
     return round(obj, digits) if isinstance(obj, float) else obj
 
 
-def sample_rows(samples_dir: Path, per_class: int, gen: np.random.Generator) -> tuple[dict, dict]:
+def generator_pick(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """The digits of a generator's samples that are scored: the same for a file whatever
+    other rows exist (mnistgen.score reproduces evaluate's row with it)."""
+    return per_class_pick(labels, per_class, np.random.default_rng([seed, 1]))
+
+
+def sample_rows(samples_dir: Path, per_class: int, seed: int) -> tuple[dict, dict]:
     """{row name: (images, labels)} of `per_class` digits each from <samples_dir>/*.npz (the
     seed's generator, its variants, then the GAN) and {row name: checkpoint sha256}."""
     files = sorted(Path(samples_dir).glob("*.npz"),
@@ -103,38 +126,51 @@ def sample_rows(samples_dir: Path, per_class: int, gen: np.random.Generator) -> 
     rows, sources = {}, {}
     for path in files:
         with np.load(path, allow_pickle=False) as npz:
-            pick = per_class_pick(npz["labels"], per_class, gen)
+            pick = generator_pick(npz["labels"], per_class, seed)
             rows[path.stem] = (npz["images"][pick], npz["labels"][pick])
             sources[path.stem] = str(npz["checkpoint_sha256"])
     return rows, sources
 
 
-def evaluate(*, params: EvaluateParams, arrays: dict, judge, samples_dir: Path,
-             device) -> tuple[dict, dict, dict]:
-    """(summary, per-class metrics, {row: checkpoint sha256}) of the real test row and of
-    every generator's samples, each row scored on 10 x per_class digits."""
+def reference(*, params: EvaluateParams, arrays: dict, judge) -> dict:
+    """What every row is scored against, the same for evaluate and mnistgen.score:
+    `per_class` real training digits per class (train_row, their judge features), the real
+    test row, and the whole test set for CAS (test_x, test_y)."""
     gen = np.random.default_rng(params.seed)
     ref_idx = per_class_pick(arrays["train_labels"], params.per_class, gen)
-    ref_images, ref_labels = arrays["train_images"][ref_idx], arrays["train_labels"][ref_idx]
-    ref_features, _ = features_and_predictions(judge, ref_images)
-    test_x = to_model_input(arrays["test_images"])
-    test_y = torch.as_tensor(arrays["test_labels"]).long()
-
+    train_row = (arrays["train_images"][ref_idx], arrays["train_labels"][ref_idx].astype(np.int64))
     test_idx = per_class_pick(arrays["test_labels"], params.per_class, gen)
-    rows = {REAL: (arrays["test_images"][test_idx], arrays["test_labels"][test_idx])}
-    generated, sources = sample_rows(samples_dir, params.per_class, gen)
+    return {"train_row": train_row, "features": features_and_predictions(judge, train_row[0])[0],
+            "test_row": (arrays["test_images"][test_idx], arrays["test_labels"][test_idx]),
+            "test_x": to_model_input(arrays["test_images"]),
+            "test_y": torch.as_tensor(arrays["test_labels"]).long()}
+
+
+def evaluate(*, params: EvaluateParams, arrays: dict, judge, samples_dir: Path,
+             device) -> dict:
+    """{rows: summary per row, per_class: per-class metrics, sources: {row: checkpoint
+    sha256}, calibration: the real test row under harmless and harmful changes} of the real
+    test row and of every generator's samples, each row scored on 10 x per_class digits."""
+    ref = reference(params=params, arrays=arrays, judge=judge)
+    test_images, test_labels = ref["test_row"]
+    calibration = calibrate(images=test_images, labels=test_labels.astype(np.int64), judge=judge,
+                            ref_features=ref["features"], k=params.k)
+    rows = {REAL: ref["test_row"]}
+    generated, sources = sample_rows(samples_dir, params.per_class, params.seed)
     rows.update(generated)
     summary, per_class = {}, {}
     steps = cas_steps(10 * params.per_class, params)  # CAS steps per row (10 x per_class digits)
     progress = Progress("evaluate", total=len(rows) * steps, per_step=params.cas_batch_size)
     for row, (name, (images, labels)) in enumerate(rows.items()):
         summary[name], per_class[name] = score_row(
-            images=images, labels=labels.astype(np.int64), judge=judge, ref_features=ref_features,
-            params=params, test_x=test_x, test_y=test_y, device=device,
+            images=images, labels=labels.astype(np.int64), judge=judge,
+            ref_features=ref["features"], params=params, test_x=ref["test_x"],
+            test_y=ref["test_y"], device=device,
             # real-data CAS trains on as many real *training* digits, never on the test set
-            cas_train=(ref_images, ref_labels.astype(np.int64)) if name == REAL else None,
+            cas_train=ref["train_row"] if name == REAL else None,
             on_log=lambda step, loss, row=row: progress.update(row * steps + step, row=row + 1,
                                                                cas_loss=loss))
         progress.done((row + 1) * steps)
         print(f"evaluate: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[name].items()))
-    return rounded(summary), rounded(per_class), sources
+    return {"rows": rounded(summary), "per_class": rounded(per_class), "sources": sources,
+            "calibration": rounded(calibration)}

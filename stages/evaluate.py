@@ -1,10 +1,11 @@
 """Stage evaluate: the judge scores real test digits (the reference row) and every
 generator's samples (see mnistgen.scoring); one MLflow run with every row, and each
-generator's scores also on the run that trained it.
+generator's scores also on the run that trained it. Calibration rows: the real test digits
+under harmless and harmful changes (mnistgen.transforms), scored the same way.
 
 Usage: python -m stages.evaluate --data data/mnist.npz --judge models/judge.pt \
     --samples samples --figures figures --summary metrics/evaluate.json \
-    --per-class metrics/per_class.json
+    --per-class metrics/per_class.json --calibration metrics/calibration.json
 """
 from __future__ import annotations
 
@@ -35,17 +36,21 @@ def log_to_mlflow(rows: dict, params: EvaluateParams, sources: dict, figures: li
 
 
 def main(argv=None):
-    args = parse_args(__doc__, ["data", "judge", "samples", "figures", "summary", "per_class"], argv)
+    args = parse_args(__doc__, ["data", "judge", "samples", "figures", "summary", "per_class",
+                                "calibration"], argv)
     params = load_section(args.params, "evaluate", EvaluateParams)
     device, _ = prepare(params)
     tracking.check_store(tracking.tracking_uri())
     arrays = load_arrays(args.data)
     judge = load_judge(Path(args.judge), device)
-    rows, per_class, sources = evaluate(params=params, arrays=arrays, judge=judge,
-                                        samples_dir=Path(args.samples), device=device)
+    result = evaluate(params=params, arrays=arrays, judge=judge, samples_dir=Path(args.samples),
+                      device=device)
+    rows = result["rows"]
     write_json(Path(args.summary), {"floor_frechet": rows[REAL]["frechet"], "rows": rows})
-    write_json(Path(args.per_class), per_class)
-    log_to_mlflow(rows, params, sources, sorted(Path(args.figures).glob("*.png")))
+    write_json(Path(args.per_class), result["per_class"])
+    write_json(Path(args.calibration), {"floor_frechet": rows[REAL]["frechet"],
+                                        "rows": result["calibration"]})
+    log_to_mlflow(rows, params, result["sources"], sorted(Path(args.figures).glob("*.png")))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from mnistgen.runtime import CheckpointError, load_checkpoint, save_checkpoint
 
 def test_shapes():
     x = torch.randn(5, 1, 28, 28)
-    judge = Judge(JudgeConfig(channels=[8, 16], feature_dim=32))
+    judge = Judge(JudgeConfig(channels=[8, 16], feature_dim=32, input_blur=1.5))
     assert judge(x).shape == (5, 10) and judge.embed(x).shape == (5, 32)
     cfg = GanConfig(arch="mlp", latent_dim=16, g_hidden=[32, 64], d_hidden=[64, 32], spectral_norm=True)
     G, D = Generator(cfg), Discriminator(cfg)
@@ -36,7 +36,7 @@ def test_projection_discriminator_depends_on_the_label():
 
 
 def test_checkpoint_rebuilds_the_model_from_the_file_alone(tmp_path):
-    judge = Judge(JudgeConfig(channels=[4, 8], feature_dim=16)).eval()
+    judge = Judge(JudgeConfig(channels=[4, 8], feature_dim=16, input_blur=0.0)).eval()
     path = tmp_path / "judge.pt"
     save_checkpoint(path, kind="judge", models={"model": judge}, config=config_dict(judge))
     payload = load_checkpoint(path, "judge")
@@ -49,7 +49,7 @@ def test_checkpoint_rebuilds_the_model_from_the_file_alone(tmp_path):
 
 
 def test_damaged_checkpoints_are_refused(tmp_path):
-    judge = Judge(JudgeConfig(channels=[4], feature_dim=8))
+    judge = Judge(JudgeConfig(channels=[4], feature_dim=8, input_blur=0.0))
     path = tmp_path / "judge.pt"
     save_checkpoint(path, kind="judge", models={"model": judge}, config=config_dict(judge))
     blob = path.read_bytes()

@@ -21,7 +21,8 @@ def committed(path: str) -> str:
 def test_readme_table_is_the_one_generated_from_the_committed_metrics():
     readme = committed("README.md")
     expected = render(readme, summary=json.loads(committed("metrics/evaluate.json")),
-                      judge=json.loads(committed("metrics/judge.json")))
+                      judge=json.loads(committed("metrics/judge.json")),
+                      calibration=json.loads(committed("metrics/calibration.json")))
     assert expected == readme, "run `make readme` after `dvc repro`, and commit both"
 
 
@@ -33,6 +34,17 @@ def test_table_has_a_row_per_generator_and_the_floor():
     assert "| conditional GAN | 50.00% | 20.00 (10.0x) | 0.500 | 0.250 | 3.00 | 90.00% |" in out
     assert "99.40%" in out
 
+
+
+def test_calibration_table_has_a_row_per_change_with_its_ratio_to_the_floor():
+    from mnistgen.report import CAL_END, CAL_START
+
+    row = {"kind": "harmless", "accuracy": 0.99, "frechet": 3.0, "precision": 0.8, "recall": 0.7}
+    out = render(f"{START}\n{END}\n{CAL_START}\nstale\n{CAL_END}\n",
+                 summary={"floor_frechet": 1.0, "rows": {}}, judge={"test_accuracy": 0.99},
+                 calibration={"floor_frechet": 1.5, "rows": {"blur sigma 0.5": row}})
+    assert "stale" not in out
+    assert "| blur sigma 0.5 | harmless | 99.00% | 3.00 (2.0x) | 0.800 | 0.700 |" in out
 
 
 def test_readme_draws_the_pipeline_that_dvc_yaml_defines():
