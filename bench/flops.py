@@ -25,7 +25,8 @@ from mnistgen.classifier import JudgeParams, train_classifier
 from mnistgen.gan import GanParams, GanState, gan_step
 from mnistgen.inverted import InvertedParams, onehot
 from mnistgen.sampling import SampleParams
-from mnistgen.scoring import EvaluateParams, cas_steps
+from mnistgen.scoring import EvaluateParams, cas_config, cas_steps
+from mnistgen.transforms import CALIBRATION
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 CPU = torch.device("cpu")
@@ -37,9 +38,9 @@ def count(fn) -> int:
     return counter.get_total_flops()
 
 
-def classifier_step(channels, feature_dim, batch_size, shift) -> int:
+def classifier_step(config: JudgeConfig, batch_size, shift) -> int:
     """One AdamW step of train_classifier (judge or CAS) on a batch."""
-    model = Judge(JudgeConfig(channels=list(channels), feature_dim=feature_dim, input_blur=0.0))
+    model = Judge(config)
     x, y = torch.zeros(batch_size, 1, 28, 28), torch.arange(batch_size) % 10
     return count(lambda: train_classifier(model=model, images=x, labels=y, epochs=1,
                                           batch_size=batch_size, lr=1e-3, weight_decay=0.0,
@@ -66,8 +67,8 @@ def stage_flops(params_path: Path) -> dict[str, int]:
 
     n = judge_p.train_limit or TRAIN_IMAGES
     steps = judge_p.epochs * (n // judge_p.batch_size)
-    flops["train_judge"] = (steps * classifier_step(judge_p.channels, judge_p.feature_dim,
-                                                    judge_p.batch_size, judge_p.shift)
+    flops["train_judge"] = (steps * classifier_step(judge_p.model_config(), judge_p.batch_size,
+                                                    judge_p.shift)
                             + judge_forward(judge_p, TEST_IMAGES))
 
     inverted = InvertedGenerator(InvertedConfig(output="softmax"))
@@ -96,10 +97,11 @@ def stage_flops(params_path: Path) -> dict[str, int]:
 
     rows = 2 + len(inv_p.variants)  # real test digits, each inverted variant, the GAN
     per_row = 10 * eval_p.per_class
-    cas = (cas_steps(per_row, eval_p) * classifier_step(eval_p.cas_channels, 64, eval_p.cas_batch_size, 0)
-           + forward(Judge(JudgeConfig(channels=eval_p.cas_channels, feature_dim=64, input_blur=0.0)),
-                     torch.zeros(TEST_IMAGES, 1, 28, 28)))
-    flops["evaluate"] = (rows + 1) * judge_forward(judge_p, per_row) + rows * cas  # + reference
+    cas_model = cas_config(eval_p)
+    cas = (cas_steps(per_row, eval_p) * classifier_step(cas_model, eval_p.cas_batch_size, 0)
+           + forward(Judge(cas_model), torch.zeros(TEST_IMAGES, 1, 28, 28)))
+    judged = rows + 1 + len(CALIBRATION)  # every row, the reference, the calibration rows
+    flops["evaluate"] = judged * judge_forward(judge_p, per_row) + rows * cas
     return flops
 
 

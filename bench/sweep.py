@@ -28,7 +28,7 @@ from mnistgen.params import load_section, parse_section
 from mnistgen.runtime import configure_cuda, pick_device, set_seed, set_threads
 from mnistgen.gan import GanParams, GanState, train_loop
 from mnistgen.sampling import draw_samples
-from mnistgen.scoring import EvaluateParams, per_class_pick, rounded, score_row
+from mnistgen.scoring import EvaluateParams, reference, rounded, score_row
 
 
 def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, data: Path,
@@ -64,14 +64,12 @@ def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, dat
 def score(*, generator, latent_dim, arrays, judge, params_path, device, per_class) -> dict:
     """`evaluate`'s summary for one generator: the same reference digits, draw and metrics."""
     ep = dataclasses.replace(load_section(params_path, "evaluate", EvaluateParams), per_class=per_class)
-    ref_idx = per_class_pick(arrays["train_labels"], per_class, np.random.default_rng(ep.seed))
-    ref_features, _ = features_and_predictions(judge, arrays["train_images"][ref_idx])
+    ref = reference(params=ep, arrays=arrays, judge=judge)
     drawer = Drawer("gan", generator, latent_dim, "gan", path=None)
     images, labels = draw_samples(drawer, per_class, ep.seed)  # the sample stage's draw
     summary, _ = score_row(images=images, labels=labels.astype(np.int64), judge=judge,
-                           ref_features=ref_features, params=ep, device=device,
-                           test_x=to_model_input(arrays["test_images"]),
-                           test_y=torch.as_tensor(arrays["test_labels"]).long())
+                           ref_features=ref["features"], params=ep, device=device,
+                           test_x=ref["test_x"], test_y=ref["test_y"])
     return rounded(summary, 4)
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from mnistgen.runtime import configure_cuda
+
 
 @dataclass
 class World:
@@ -69,8 +71,6 @@ def local_device(device: torch.device, world: World) -> torch.device:
 
 def start(device: torch.device) -> tuple[World, torch.device]:
     """init + local_device + the device's fast settings: (this process's world, its device)."""
-    from mnistgen.runtime import configure_cuda
-
     world = init(device)
     device = local_device(device, world)
     configure_cuda(device)

@@ -55,11 +55,16 @@ def cas_steps(n_images: int, params: EvaluateParams) -> int:
     return params.cas_epochs * (n_images // params.cas_batch_size)
 
 
+def cas_config(params: EvaluateParams) -> JudgeConfig:
+    """The fresh classifier CAS trains: the judge's architecture, plain input."""
+    return JudgeConfig(channels=params.cas_channels, feature_dim=64, input_blur=0.0)
+
+
 def cas(*, images, labels, test_x, test_y, params: EvaluateParams, device, on_log=None) -> float:
     """Classification Accuracy Score: train on `images` only, test on real test digits.
     on_log(step, loss) is called every 10 training steps (progress)."""
     set_seed(params.seed)
-    model = Judge(JudgeConfig(channels=params.cas_channels, feature_dim=64, input_blur=0.0)).to(device)
+    model = Judge(cas_config(params)).to(device)
     train_classifier(model=model, images=to_model_input(images), labels=torch.as_tensor(labels).long(),
                      epochs=params.cas_epochs, batch_size=params.cas_batch_size, lr=params.cas_lr,
                      weight_decay=1e-4, shift=0, device=device, seed=params.seed,
@@ -73,11 +78,8 @@ def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, de
     on the row's own digits, or on `cas_train` = (images, labels) when given."""
     cas_images, cas_labels = cas_train if cas_train is not None else (images, labels)
     feats, preds = features_and_predictions(judge, images)
-    precision, recall = precision_recall(ref_features, feats, k=params.k)
     diversity = within_class_diversity(feats, labels)
-    summary = {"accuracy": float((preds == labels).mean()),
-               "frechet": frechet_distance(ref_features, feats),
-               "precision": precision, "recall": recall,
+    summary = {**judge_summary(feats, preds, labels, ref_features, params.k),
                "diversity": float(np.mean(list(diversity.values()))),
                "cas": cas(images=cas_images, labels=cas_labels, test_x=test_x, test_y=test_y,
                           params=params, device=device, on_log=on_log)}
@@ -88,12 +90,18 @@ def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, de
     return summary, per_class
 
 
-def judge_scores(*, images, labels, judge, ref_features, k: int) -> dict:
-    """The judge-only part of a row's summary (no CAS): accuracy, Fréchet, precision, recall."""
-    feats, preds = features_and_predictions(judge, images)
+def judge_summary(feats, preds, labels, ref_features, k: int) -> dict:
+    """Accuracy, Fréchet distance, precision and recall of a row from its judge features
+    (N, feature_dim) and predictions (N,)."""
     precision, recall = precision_recall(ref_features, feats, k=k)
     return {"accuracy": float((preds == labels).mean()), "frechet": frechet_distance(ref_features, feats),
             "precision": precision, "recall": recall}
+
+
+def judge_scores(*, images, labels, judge, ref_features, k: int) -> dict:
+    """The judge-only part of a row's summary (no diversity, no CAS)."""
+    feats, preds = features_and_predictions(judge, images)
+    return judge_summary(feats, preds, labels, ref_features, k)
 
 
 def calibrate(*, images, labels, judge, ref_features, k: int) -> dict:
