@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test bench bench-laptop ui readme clean-venv
+.PHONY: setup repro test bench bench-laptop ui ui-check plots-offline readme clean-venv
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,15 @@ bench-laptop: setup
 
 ui: setup
 	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# Screenshots of the MLflow UI from headless Chromium -> docs/ui/ (needs chromium; not in `make test`)
+ui-check: setup
+	$(PY) tools/ui_check.py
+
+# `dvc plots show` as one self-contained page (curves drawn to SVG): opens without internet
+plots-offline: setup
+	$(PY) -m pip install --disable-pip-version-check -q vl-convert-python==1.9.0.post1
+	$(PY) tools/plots_offline.py
 
 readme: setup
 	$(PY) -m mnistgen.report README.md

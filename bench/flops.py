@@ -12,7 +12,6 @@ Usage: python -m bench.flops [--params params.yaml]
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 

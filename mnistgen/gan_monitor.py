@@ -30,6 +30,17 @@ class Monitor:
         test_idx = torch.randperm(len(arrays["test_images"]), generator=fixed)[:params.eval_samples]
         test_features, _ = features_and_predictions(judge, arrays["test_images"][test_idx.numpy()])
         self.floor = frechet_distance(self.ref_features, test_features)
+        n = params.eval_samples  # in the metric names: these scores are not evaluate's
+        self.suffix = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+    def start(self, s: GanState):
+        """The untrained generator's grid at step 0: MLflow's image chart opens on step 0."""
+        self.log_grid(s, 0)
+
+    def log_grid(self, s: GanState, step: int):
+        picture = grid(generate(s.G_ema, self.grid_labels, self.eval_z[:100]), rows=10)
+        tracking.log_image(picture, "digits", step)
+        return picture
 
     def __call__(self, s: GanState, step: int, total: int, loss_d: float, loss_g: float):
         p, last = self.p, step == total
@@ -38,17 +49,19 @@ class Monitor:
         self.progress.update(step, loss_d=loss_d, loss_g=loss_g)
         if step % p.log_every == 0 or last:
             s.losses.append([step, round(loss_d, 6), round(loss_g, 6)])
-            tracking.log_metrics({"loss_d": loss_d, "loss_g": loss_g}, step=step)
+            tracking.log_metrics({"train/loss_d": loss_d, "train/loss_g": loss_g}, step=step)
         if step % p.sample_every == 0 or last:
-            picture = grid(generate(s.G_ema, self.grid_labels, self.eval_z[:100]), rows=10)
-            tracking.log_image(picture, "fixed_noise_grid", step)
+            picture = self.log_grid(s, step)
+            if last:  # rows = digits 0-9, columns = fixed noise
+                tracking.log_picture(picture, "digits_final_gan.png")
         if step % p.eval_every == 0 or last:
             fakes = generate(s.G_ema, self.eval_labels, self.eval_z)
             q = quick_score(self.judge, fakes, self.eval_labels.numpy(), self.ref_features)
             s.quality.append([step, step * p.batch_size, round(q["accuracy"], 5), round(q["frechet"], 4),
                               round(self.floor, 4)])
-            tracking.log_metrics({"eval_accuracy": q["accuracy"], "eval_frechet": q["frechet"],
-                                  "eval_frechet_floor": self.floor}, step=step)
+            tracking.log_metrics({f"train/judge_accuracy_{self.suffix}": q["accuracy"],
+                                  f"train/frechet_{self.suffix}": q["frechet"],
+                                  f"train/frechet_floor_{self.suffix}": self.floor}, step=step)
             self.progress.values.update(judge_accuracy=q["accuracy"], frechet=q["frechet"])
         if last:
             self.progress.done()

@@ -13,6 +13,16 @@ from mnistgen.models import build
 from mnistgen.runtime import fast_layout, load_checkpoint
 
 
+MAX_COUNT = 1000  # images per request (python -m mnistgen.draw, the served model)
+
+
+def draw(drawer, *, digit: int, count: int, seed: int) -> np.ndarray:
+    """uint8 (count, 28, 28) images of `digit`, noise seeded by `seed`: what both
+    `python -m mnistgen.draw` and the registered MLflow model return for one request."""
+    labels = torch.full((count,), digit, dtype=torch.long)
+    return drawer.draw(labels, torch.Generator().manual_seed(seed)).reshape(-1, 28, 28)
+
+
 class Drawer:
     """A trained generator: name, latent size (0 = deterministic) and a draw function."""
 

@@ -56,6 +56,8 @@ def train_inverted(*, model, images, labels, lr, batch_size, steps, seed, log_ev
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     order, cursor, history = torch.randperm(len(images), generator=gen), 0, []
+    if on_grid:  # the untrained model at step 0: MLflow's image chart opens on step 0
+        on_grid(0)
     for step in range(1, steps + 1):
         if cursor + batch_size > len(images):  # next epoch, reshuffled (like next_batch)
             order, cursor = torch.randperm(len(images), generator=gen), 0

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-# the sections of params.yaml, one per stage of dvc.yaml
-SECTIONS = ("download", "train_judge", "train_inverted", "train_gan", "sample", "evaluate")
+# the sections of params.yaml: one per stage of dvc.yaml, and `tracking` (MLflow only)
+SECTIONS = ("download", "train_judge", "train_inverted", "train_gan", "sample", "evaluate", "tracking")
 
 
 class ParamsError(ValueError):
@@ -154,9 +154,9 @@ def precision_field():
 class RunParams:
     """Keys every stage that computes has."""
     seed: int = field(lo=0, doc="seeds python, numpy and torch")
-    device: str = field(doc="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    device: str = field(doc="auto (cuda, else mps, else cpu), cpu, mps, cuda, cuda:N")
     threads: int = field(lo=0, hi=256, doc="torch intra-op threads; 0 = one per core")
 
     def check(self, section):
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ParamsError(f"{section}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
+            raise ParamsError(f"{section}.device: expected auto, cpu, mps, cuda or cuda:N, got {self.device!r}")

@@ -50,14 +50,25 @@ def set_seed(seed: int) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when present, else cpu; 'cpu' / 'cuda' / 'cuda:1' force a device."""
+    """'auto' -> cuda when present, else Apple's mps when present, else cpu; 'cpu', 'mps',
+    'cuda' or 'cuda:1' force a device."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ParamsError(f"device '{name}' requested but CUDA is not available on this machine; "
                           f"set device: auto or cpu")
+    if device.type == "mps" and not mps_available():
+        raise ParamsError(f"device '{name}' requested but Apple's MPS is not available on this "
+                          f"machine; set device: auto or cpu")
     return device
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
 
 
 def set_threads(threads: int) -> int:
@@ -102,6 +113,8 @@ def has_fast_bf16(device: torch.device) -> bool:
     Ampere or newer on CUDA. Without them (AVX2 CPUs) bf16 is slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "mps":  # not measured there: fp32, the safe choice
+        return False
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
     if limit != "ALL" and "AMX" not in limit:  # oneDNN told to stay below AMX (the laptop path)
         return False

@@ -3,22 +3,43 @@
 The store defaults to `sqlite:///<repo root>/mlflow.db`, where the root is DVC_ROOT (set by
 DVC, also for `dvc exp run --queue/--temp` runs in a temporary copy) or the working
 directory. MLFLOW_TRACKING_URI overrides it.
+
+Every run goes to one experiment, `draw-mnist`, marked as model training (so the UI opens
+it on its runs table). Stages run by one `dvc repro` / `dvc exp run` are nested under one
+parent run named after that invocation; see mnistgen.naming for run names.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
+from mnistgen import naming
+from mnistgen.params import field
 from mnistgen.runtime import Interrupted
+
+EXPERIMENT = "draw-mnist"
+# the UI reads this tag to choose between its GenAI pages (traces) and its runs table
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+INVOCATION_TAG = "mnistgen.invocation"  # marks a parent run: which dvc process it stands for
+
+
+@dataclasses.dataclass
+class TrackingParams:
+    """params.yaml's `tracking` section: what MLflow records; changes no output."""
+    system_metrics: bool = field(doc="CPU, memory (and GPU) of training runs, as system/* metrics")
+    system_metrics_every: int = field(lo=1, hi=3600, doc="seconds between system metric samples")
 
 
 class TrackingError(RuntimeError):
@@ -172,15 +193,18 @@ def reroot_artifacts(db: Path, root: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def start_run(*, stage: str, params: dict, run_id: str | None = None):
-    """Check the store, then open an MLflow run in experiment 'draw-mnist/<stage>' (or reopen
-    run_id, when a resumed training continues its run). A Ctrl-C ends it KILLED, any other
-    failure FAILED; either way the run's `error` tag says why."""
+def start_run(*, stage: str, params: dict, run_id: str | None = None, variant: str | None = None,
+              settings: TrackingParams | None = None):
+    """Check the store, then open an MLflow run for `stage` in the `draw-mnist` experiment,
+    nested under this dvc invocation's parent run (or reopen run_id, when a resumed training
+    continues its run). A Ctrl-C ends it KILLED, any other failure FAILED; either way the
+    run's `error` tag says why. `settings` switch system metrics on (training runs)."""
     import mlflow
 
     uri = tracking_uri()
     check_store(uri)
     mlflow.set_tracking_uri(uri)
+    client = mlflow.tracking.MlflowClient()
     with store_lock(uri):
         db = _sqlite_path(uri)
         if db is not None and db == repo_root() / "mlflow.db" and db.exists():
@@ -188,16 +212,30 @@ def start_run(*, stage: str, params: dict, run_id: str | None = None):
             if old:
                 print(f"MLflow: this repository was copied or moved from {old}; artifact folders "
                       f"in mlflow.db now point at {repo_root() / 'mlruns'}", file=sys.stderr)
-        experiment = mlflow.set_experiment(f"draw-mnist/{stage}")
-        close_orphaned_runs(mlflow.tracking.MlflowClient(), experiment.experiment_id)
+        experiment_id = experiment()
+        close_orphaned_runs(client, experiment_id)
+        system = bool(settings and settings.system_metrics)
+        if system:  # its start/stop notices are not progress: keep the stage's output clean
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+            mlflow.set_system_metrics_sampling_interval(settings.system_metrics_every)
+            mlflow.set_system_metrics_samples_before_logging(1)
         if run_id is not None and _run_exists(run_id):
-            active = mlflow.start_run(run_id=run_id)  # a resumed training: its run again
+            # a resumed training: its run again
+            active = mlflow.start_run(run_id=run_id, log_system_metrics=system)
             mlflow.set_tags(process_tags())
             if "error" in active.data.tags:  # why it stopped before: no longer true
-                mlflow.tracking.MlflowClient().delete_tag(run_id, "error")
+                client.delete_tag(run_id, "error")
         else:
-            active = mlflow.start_run(run_name=stage, tags=run_tags(stage))
-            mlflow.log_params(flatten(params))
+            committed = (naming.committed_params(repo_root()) or {}).get(stage)
+            name = naming.run_name(stage, params=params, baseline=committed, variant=variant,
+                                   experiment=os.environ.get("DVC_EXP_NAME"))
+            tags = run_tags(stage)
+            parent = pipeline_parent(client, experiment_id)
+            if parent is not None:
+                tags["mlflow.parentRunId"] = parent
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags,
+                                      log_system_metrics=system)
+            mlflow.log_params(naming.flat({**params, "variant": variant} if variant else params))
     try:
         yield active
     except (Interrupted, KeyboardInterrupt) as err:
@@ -207,6 +245,73 @@ def start_run(*, stage: str, params: dict, run_id: str | None = None):
         _close_quietly(str(err)[:5000], "FAILED")  # the UI shows why; the stage prints it too
         raise
     mlflow.end_run()  # FINISHED
+    parent = active.data.tags.get("mlflow.parentRunId")
+    if parent:  # the parent's duration spans its stages
+        client.set_terminated(parent, "FINISHED", end_time=int(time.time() * 1000))
+
+
+def experiment() -> str:
+    """The id of the `draw-mnist` experiment, created (and marked model training) if needed."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    exp = mlflow.set_experiment(EXPERIMENT)
+    key, kind = EXPERIMENT_KIND
+    # and the per-stage experiments of earlier versions (draw-mnist/train_gan, ...)
+    older = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT}/%'")
+    for each in [exp, *older]:
+        if each.tags.get(key) != kind:
+            client.set_experiment_tag(each.experiment_id, key, kind)
+    return exp.experiment_id
+
+
+def dvc_invocation() -> tuple[str, str] | None:
+    """(key, command) of the `dvc repro` / `dvc exp run` process this stage runs under
+    (DVC starts each stage through a shell), or None when run by hand."""
+    import psutil
+
+    try:
+        proc = psutil.Process().parent()
+        while proc is not None:
+            words = proc.cmdline()[:4]
+            for i, word in enumerate(words):
+                if Path(word).stem == "dvc" or (word == "-m" and words[i + 1:i + 2] == ["dvc"]):
+                    start = i + 1 + (word == "-m")
+                    command = " ".join(["dvc", *[w for w in words[start:start + 2] if not w.startswith("-")]])
+                    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}", command
+            proc = proc.parent()
+    except psutil.Error:
+        return None
+    return None
+
+
+def pipeline_parent(client, experiment_id: str) -> str | None:
+    """The parent run of this dvc invocation (created by its first stage), or None. One per
+    `dvc repro` / `dvc exp run` (per experiment in a queue): its stages sit together."""
+    invocation = dvc_invocation()
+    if invocation is None:
+        return None
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    key = f"{exp_name or ''}@{invocation[0]}"
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{key}'",
+                               max_results=1)
+    if found:
+        return found[0].info.run_id
+    import yaml
+
+    from mlflow.entities import Param
+
+    with open(repo_root() / "params.yaml") as f:  # already validated by check_params
+        everything = yaml.safe_load(f) or {}
+    name = naming.run_name(invocation[1], params=everything, experiment=exp_name,
+                           baseline=naming.committed_params(repo_root()))
+    tags = {INVOCATION_TAG: key, "mnistgen.role": "pipeline", "git_commit": git_commit(repo_root())}
+    if exp_name:
+        tags["dvc_exp_name"] = exp_name
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in naming.flat(everything).items()])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def _close_quietly(error: str, status: str) -> None:
@@ -223,11 +328,11 @@ def _close_quietly(error: str, status: str) -> None:
 
 def metric_logger(metric: str, progress):
     """on_log(step, value) for a training loop: the value goes to the active MLflow run as
-    `metric` and onto the progress line."""
+    `train/<metric>` and onto the progress line as `metric`."""
     import mlflow
 
     def on_log(step: int, value: float) -> None:
-        mlflow.log_metric(metric, value, step=step)
+        mlflow.log_metric(f"train/{metric}", value, step=step)
         progress.update(step, **{metric: value})
     return on_log
 
@@ -256,21 +361,18 @@ def _run_exists(run_id: str) -> bool:
     return True
 
 
-def flatten(params: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def log_image(image: np.ndarray, key: str, step: int) -> None:
     """(H, W) or (H, W, 3) uint8 -> an image series the UI shows step by step."""
     import mlflow
 
     mlflow.log_image(image, key=key, step=step)
+
+
+def log_picture(image: np.ndarray, filename: str) -> None:
+    """One picture as a plain artifact under digits/ (not a step series)."""
+    import mlflow
+
+    mlflow.log_image(image, artifact_file=f"digits/{filename}")
 
 
 def log_file(path: Path, artifact_path: str | None = None) -> None:
@@ -279,53 +381,10 @@ def log_file(path: Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def find_training_run(checkpoint_sha256: str):
-    """The newest run (in any experiment) that wrote the checkpoint with this sha256, or None."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
-    runs = mlflow.search_runs(search_all_experiments=True,
-                              filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
-                              order_by=["attributes.start_time DESC"], max_results=1,
-                              output_format="list")
-    return runs[0] if runs else None
-
-
-def log_to_training_run(checkpoint_sha256: str, metrics: dict) -> bool:
-    """Put evaluation metrics on the run that trained the model, so the UI's compare view
-    shows params, curves, images and scores together. False if that run is gone."""
-    from mlflow.tracking import MlflowClient
-
-    run = find_training_run(checkpoint_sha256)
-    if run is None:
-        return False
-    client = MlflowClient(tracking_uri())
-    with store_lock(tracking_uri()):
-        for key, value in metrics.items():
-            client.log_metric(run.info.run_id, key, value)
-    return True
-
-
 def quiet_mlflow() -> None:
     """Against a remote server: fail in seconds rather than retry for minutes."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-
-def log_model(model, *, name: str, example: np.ndarray, registered_name: str | None = None) -> None:
-    """Log a torch model with its signature and an input example; the package travels along
-    (code_paths) so the pickled model loads anywhere. Pinned requirements: no inference pass."""
-    import mlflow
-    import torch
-    from mlflow.models import infer_signature
-
-    with torch.no_grad():
-        output = model(torch.as_tensor(example)).numpy()
-    mlflow.pytorch.log_model(
-        model, name=name, serialization_format="pickle",
-        signature=infer_signature(example, output), input_example=example,
-        code_paths=[str(Path(__file__).parent)], pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        registered_model_name=registered_name)
 
 
 def log_mnist_input(data_path: Path, context: str = "training") -> None:

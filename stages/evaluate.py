@@ -1,7 +1,9 @@
 """Stage evaluate: the judge scores real test digits (the reference row) and every
-generator's samples (see mnistgen.scoring); one MLflow run with every row, and each
-generator's scores also on the run that trained it. Calibration rows: the real test digits
-under harmless and harmful changes (mnistgen.transforms), scored the same way.
+generator's samples (see mnistgen.scoring); one MLflow run with every row, linked to the
+runs and checkpoints it scored, and each generator's scores also on the run that trained it
+(`final/*`). Calibration rows: the real test digits under harmless and harmful changes
+(mnistgen.transforms), scored the same way. The registered GAN's `champion` alias moves to
+the new generator only when it beats the current champion.
 
 Usage: python -m stages.evaluate --data data/mnist.npz --judge models/judge.pt \
     --samples samples --figures figures --summary metrics/evaluate.json \
@@ -13,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mnistgen import tracking
+from mnistgen import registry, tracking
 from mnistgen.data import load_arrays
 from mnistgen.judging import load_judge
 from mnistgen.params import load_section
@@ -21,18 +23,22 @@ from mnistgen.runtime import prepare, write_json
 from mnistgen.scoring import REAL, EvaluateParams, evaluate
 from mnistgen.stage import parse_args, run
 
+REGISTERED = "draw-mnist-cgan"
 
-def log_to_mlflow(rows: dict, params: EvaluateParams, sources: dict, figures: list[Path]):
-    """One evaluate run with every row; each generator's numbers also on its training run."""
-    with tracking.start_run(stage="evaluate", params=asdict(params)):
-        for name, row in rows.items():
-            tracking.log_metrics({f"{name}.{k}": v for k, v in row.items()})
-        for fig in figures:
-            tracking.log_file(fig, "figures")
-    for name, sha in sources.items():
-        if not tracking.log_to_training_run(sha, {f"eval.{k}": v for k, v in rows[name].items()}):
-            print(f"evaluate: no MLflow training run wrote the {name} checkpoint; its scores are "
-                  f"in the evaluate run only", file=sys.stderr)
+
+def log_scores(rows: dict, calibration: dict, sources: dict, files: list[Path]):
+    """Into the active evaluate run: every row's scores, the calibration rows, the files, and
+    which training runs and checkpoints the rows came from."""
+    floor = rows[REAL]["frechet"]
+    for name, row in rows.items():
+        tracking.log_metrics({f"{name}/{k}": v for k, v in row.items()} |
+                             {f"{name}/frechet_x_floor": row["frechet"] / floor})
+    for name, row in calibration.items():
+        tracking.log_metrics({f"calibration/{registry.metric_key(name)}/{k}": v
+                              for k, v in row.items() if k != "kind"})
+    for path in files:
+        tracking.log_file(path, "figures" if path.suffix == ".png" else "metrics")
+    registry.link_sources(sources)
 
 
 def main(argv=None):
@@ -43,14 +49,27 @@ def main(argv=None):
     tracking.check_store(tracking.tracking_uri())
     arrays = load_arrays(args.data)
     judge = load_judge(Path(args.judge), device)
-    result = evaluate(params=params, arrays=arrays, judge=judge, samples_dir=Path(args.samples),
-                      device=device)
-    rows = result["rows"]
-    write_json(Path(args.summary), {"floor_frechet": rows[REAL]["frechet"], "rows": rows})
-    write_json(Path(args.per_class), result["per_class"])
-    write_json(Path(args.calibration), {"floor_frechet": rows[REAL]["frechet"],
-                                        "rows": result["calibration"]})
-    log_to_mlflow(rows, params, result["sources"], sorted(Path(args.figures).glob("*.png")))
+    with tracking.start_run(stage="evaluate", params=asdict(params)):  # open while it scores
+        tracking.log_mnist_input(Path(args.data), context="evaluation")
+        result = evaluate(params=params, arrays=arrays, judge=judge, samples_dir=Path(args.samples),
+                          device=device)
+        rows = result["rows"]
+        write_json(Path(args.summary), {"floor_frechet": rows[REAL]["frechet"], "rows": rows})
+        write_json(Path(args.per_class), result["per_class"])
+        write_json(Path(args.calibration), {"floor_frechet": rows[REAL]["frechet"],
+                                            "rows": result["calibration"]})
+        files = [Path(args.summary), Path(args.per_class), Path(args.calibration),
+                 *sorted(Path(args.figures).glob("*.png"))]
+        log_scores(rows, result["calibration"], result["sources"], files)
+    for name, sha in result["sources"].items():
+        final = {f"final/{k}": v for k, v in rows[name].items()}
+        final["final/frechet_floor"] = rows[REAL]["frechet"]
+        final["final/frechet_x_floor"] = rows[name]["frechet"] / rows[REAL]["frechet"]
+        if not registry.log_to_training_run(sha, final):
+            print(f"evaluate: no MLflow training run wrote the {name} checkpoint; its scores are "
+                  f"in the evaluate run only", file=sys.stderr)
+        elif name == "gan":
+            print(f"evaluate: {registry.promote_champion(sha, registered_name=REGISTERED)}")
 
 
 if __name__ == "__main__":

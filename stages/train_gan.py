@@ -18,13 +18,12 @@ from pathlib import Path
 
 import torch
 
-from mnistgen import distributed, tracking
+from mnistgen import distributed, registry, tracking
 from mnistgen.data import load_arrays, sha256_file
 from mnistgen.gan import GanParams, GanState, save_model, train_loop, try_resume
 from mnistgen.gan_monitor import Monitor
 from mnistgen.images import to_model_input
 from mnistgen.judging import load_judge
-from mnistgen.models import PackedGenerator
 from mnistgen.params import load_section
 from mnistgen.runtime import prepare, write_csv
 from mnistgen.stage import parse_args, run
@@ -33,6 +32,7 @@ from mnistgen.stage import parse_args, run
 def main(argv=None):
     args = parse_args(__doc__, ["data", "judge", "model", "losses", "quality", "resume"], argv)
     params = load_section(args.params, "train_gan", GanParams)
+    settings = load_section(args.params, "tracking", tracking.TrackingParams)
     device, _ = prepare(params)
     world, device = distributed.start(device)
     arrays = load_arrays(args.data)
@@ -47,7 +47,8 @@ def main(argv=None):
     state, digest, resume = GanState(params, device, world), params.digest(), Path(args.resume)
     resumed = try_resume(state, resume, digest)
     monitor = Monitor(params=params, judge=judge, arrays=arrays, limit=limit) if world.is_main else None
-    run_ = (tracking.start_run(stage="train_gan", params=asdict(params), run_id=state.run_id)
+    run_ = (tracking.start_run(stage="train_gan", params=asdict(params), run_id=state.run_id,
+                               settings=settings)
             if world.is_main else contextlib.nullcontext())
     with run_ as active:
         if world.is_main:
@@ -56,6 +57,7 @@ def main(argv=None):
                              world_size=str(world.size), precision=state.precision)
             if not resumed:
                 tracking.log_mnist_input(Path(args.data))
+                monitor.start(state)
         train_loop(state, images=images, labels=labels, p=params, world=world, after_step=monitor,
                    save_resume=lambda s: s.save(resume, digest))
         if world.is_main:
@@ -64,9 +66,7 @@ def main(argv=None):
             write_csv(Path(args.quality), ["step", "images_seen", "accuracy", "frechet", "frechet_floor"],
                       state.quality)
             tracking.tag_run(checkpoint_sha256=sha256_file(Path(args.model)))
-            packed = PackedGenerator(state.G_ema.eval())  # (N, 10 + latent) -> (N, 784) in [0, 1]
-            tracking.log_model(packed, name="generator", example=packed.example(4),
-                               registered_name="draw-mnist-cgan")
+            registry.log_digit_model(Path(args.model), name="generator", registered_name="draw-mnist-cgan")
     world.barrier()
     distributed.shutdown()
     if world.is_main:

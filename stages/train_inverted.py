@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mnistgen import tracking
+from mnistgen import registry, tracking
 from mnistgen.data import load_arrays, sha256_file
 from mnistgen.inverted import InvertedParams, curves_table, digits_picture, onehot, train_inverted
 from mnistgen.models import InvertedConfig, InvertedGenerator, config_dict
@@ -25,6 +25,7 @@ from mnistgen.stage import parse_args, run
 def main(argv=None):
     args = parse_args(__doc__, ["data", "models", "plots"], argv)
     params = load_section(args.params, "train_inverted", InvertedParams)
+    settings = load_section(args.params, "tracking", tracking.TrackingParams)
     device, _ = prepare(params)  # params.yaml says cpu: a 10x784 model runs best there
     arrays = load_arrays(args.data)
     images = (torch.as_tensor(arrays["train_images"]).float() / 255.0).to(device)  # (60000, 784) in [0, 1]
@@ -36,7 +37,8 @@ def main(argv=None):
             set_seed(params.seed)
             model = InvertedGenerator(InvertedConfig(output=variant)).to(device)
             run_params = {**asdict(params), "variant": variant}
-            with tracking.start_run(stage="train_inverted", params=run_params):
+            with tracking.start_run(stage="train_inverted", params=asdict(params), variant=variant,
+                                    settings=settings):
                 tracking.log_mnist_input(Path(args.data))
                 progress = Progress("train_inverted", total=params.steps, per_step=params.batch_size)
                 history = train_inverted(
@@ -49,7 +51,9 @@ def main(argv=None):
                 save_checkpoint(path, kind="inverted", models={"model": model.cpu()},
                                 config=config_dict(model), extra={"params": run_params})
                 tracking.tag_run(checkpoint_sha256=sha256_file(path))
-                tracking.log_model(model.eval(), name="inverted", example=onehot(torch.arange(10)).numpy())
+                registry.log_model(model.eval(), name=f"inverted_{variant}",
+                                   example=onehot(torch.arange(10)).numpy())
+                tracking.log_picture(digits_picture(model), f"digits_final_{variant}.png")
             progress.done(params.steps)
             curves[variant] = dict(history)
             print(f"train_inverted: {variant}: final loss per image {history[-1][1]:.4f}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mnistgen import distributed, tracking
+from mnistgen import distributed, registry, tracking
 from mnistgen.classifier import JudgeParams, accuracy, train_judge
 from mnistgen.data import load_arrays
 from mnistgen.images import to_model_input
@@ -26,6 +26,7 @@ from mnistgen.stage import parse_args, run
 def main(argv=None):
     args = parse_args(__doc__, ["data", "model", "metrics"], argv)
     params = load_section(args.params, "train_judge", JudgeParams)
+    settings = load_section(args.params, "tracking", tracking.TrackingParams)
     device, threads = prepare(params)
     world, device = distributed.start(device)
     precision = resolve_precision(params.precision, device)
@@ -41,11 +42,11 @@ def main(argv=None):
         train_judge(**fit)
         distributed.shutdown()
         return
-    with tracking.start_run(stage="train_judge", params=asdict(params)):
+    with tracking.start_run(stage="train_judge", params=asdict(params), settings=settings):
         tracking.tag_run(world_size=str(world.size), precision=precision)
         progress = Progress("train_judge", total=params.steps(len(train_x)), per_step=params.batch_size)
         start = time.perf_counter()
-        model, steps = train_judge(**fit, on_log=tracking.metric_logger("train_loss", progress))
+        model, steps = train_judge(**fit, on_log=tracking.metric_logger("loss", progress))
         seconds = time.perf_counter() - start
         test_x = to_model_input(arrays["test_images"])
         test_acc = accuracy(model, test_x, torch.as_tensor(arrays["test_labels"]).long(), device)
@@ -54,8 +55,8 @@ def main(argv=None):
                         config=config_dict(model), extra={"params": asdict(params)})
         write_json(Path(args.metrics), {"test_accuracy": round(test_acc, 5)})
         tracking.log_mnist_input(Path(args.data))
-        tracking.log_metrics({"test_accuracy": test_acc, "train_seconds": seconds})
-        tracking.log_model(model.eval(), name="judge", example=test_x[:4].numpy())
+        tracking.log_metrics({"final/test_accuracy": test_acc, "final/train_seconds": seconds})
+        registry.log_model(model.eval(), name="judge", example=test_x[:4].numpy())
     distributed.shutdown()
     print(f"train_judge: test accuracy {test_acc:.4f} in {seconds:.1f} s "
           f"({steps * params.batch_size / seconds:.1f} images/s, {threads} threads, {precision})")

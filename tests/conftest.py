@@ -23,6 +23,7 @@ SHRUNK = {
                   "eval_every": 5, "eval_samples": 100, "checkpoint_every": 4},
     "sample": {"per_class": 30},
     "evaluate": {"per_class": 20, "cas_epochs": 1, "cas_batch_size": 50, "cas_channels": [8]},
+    "tracking": {"system_metrics_every": 1},  # short runs: sample often enough to see some
 }
 
 
@@ -99,3 +100,12 @@ def pipeline_repo(tmp_path_factory) -> Path:
     repo.joinpath("first_repro.log").write_text(result.stdout + result.stderr)
     shutil.copy(repo / "dvc.lock", repo / "first_dvc.lock")  # run A of the run-cache test
     return repo
+
+
+def stage_runs(client, stage: str, filter_string: str = "") -> list:
+    """The MLflow runs of one stage (all stages log to the one `draw-mnist` experiment)."""
+    from mnistgen.tracking import EXPERIMENT
+
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    where = f"tags.dvc_stage = '{stage}'" + (f" and {filter_string}" if filter_string else "")
+    return client.search_runs([exp_id], filter_string=where)

@@ -48,7 +48,7 @@ def test_typo_names_the_key_and_suggests_the_right_one():
     ({"g_hidden": 256}, r"train_gan\.g_hidden: expected a list of int"),
     ({"g_hidden": [256, 0]}, r"train_gan\.g_hidden\[1\]: must be >= 1"),
     ({"g_hidden": []}, r"train_gan\.g_hidden: list at least one layer width"),
-    ({"device": "tpu"}, r"train_gan\.device: expected auto, cpu, cuda"),
+    ({"device": "tpu"}, r"train_gan\.device: expected auto, cpu, mps, cuda"),
 ])
 def test_wrong_type_or_range_is_named(raw, message):
     with pytest.raises(ParamsError, match=message):
@@ -136,10 +136,11 @@ def test_check_all_validates_every_section_and_matches_dvc_yaml(tmp_path):
     from mnistgen.sections import check_all
 
     stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]) - {"check_params"}
-    assert set(SECTIONS) == stages  # one section per stage, one schema per section
-    assert set(check_all(ROOT / "params.yaml")) == stages
+    # one section per stage, and `tracking` (MLflow only); one schema per section
+    assert set(SECTIONS) == stages | {"tracking"}
+    assert set(check_all(ROOT / "params.yaml")) == stages | {"tracking"}
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["evaluate"]["k"] = 0  # the last section: everything before it was valid
+    params["evaluate"]["k"] = 0  # a late section: everything before it was valid
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match=r"evaluate\.k: must be >= 1"):

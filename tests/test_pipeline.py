@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import dvc, sh, write_params
+from conftest import dvc, env_for, repo_section, sh, stage_runs, write_params
 
 pytestmark = pytest.mark.slow
 STAGES = ["check_params", "download", "train_judge", "train_inverted", "train_gan", "sample", "evaluate"]
@@ -56,30 +56,132 @@ def test_metrics_have_every_row_and_score(pipeline_repo):
     assert "floor_frechet" in shown and "test_accuracy" in shown
 
 
-def test_mlflow_has_every_training_run_with_params_metrics_and_images(pipeline_repo):
+def mlflow_runs(repo):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
-    runs = {}
-    for exp in client.search_experiments():
-        for run in client.search_runs([exp.experiment_id]):
-            runs.setdefault(exp.name, []).append(run)
-    assert {k: len(v) for k, v in runs.items()} == {
-        "draw-mnist/train_judge": 1, "draw-mnist/train_inverted": 2,
-        "draw-mnist/train_gan": 1, "draw-mnist/evaluate": 1}
-    gan = runs["draw-mnist/train_gan"][0]
+    from mnistgen.tracking import EXPERIMENT
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client, experiment, client.search_runs([experiment.experiment_id])
+
+
+def test_mlflow_runs_are_named_nested_and_carry_params_curves_and_grids(pipeline_repo):
+    client, experiment, runs = mlflow_runs(pipeline_repo)
+    # the UI opens a model-training experiment on its runs table, not on GenAI traces
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert [e.name for e in client.search_experiments()] in (["draw-mnist"], ["draw-mnist", "Default"])
+    parents = [r for r in runs if r.data.tags.get("mnistgen.role") == "pipeline"]
+    stages = {}
+    for run in runs:
+        if run not in parents:
+            stages.setdefault(run.data.tags["dvc_stage"], []).append(run)
+    assert {k: len(v) for k, v in stages.items()} == {
+        "train_judge": 1, "train_inverted": 2, "train_gan": 1, "evaluate": 1}
+    # one `dvc repro`: one parent run, named after it, holding every stage run
+    assert len(parents) == 1 and parents[0].info.run_name.startswith("dvc repro")
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+               for group in stages.values() for r in group)
+    assert parents[0].data.params["train_gan.lr_g"] == str(repo_section("train_gan")["lr_g"])
+    names = [r.info.run_name for group in stages.values() for r in group]
+    assert len(set(names)) == len(names)
+    assert {n.split()[0] for n in names if n.startswith("train_inverted")} == {
+        "train_inverted:softmax", "train_inverted:sigmoid"}
+    gan = stages["train_gan"][0]
+    # the test repository commits its params, so nothing differs: the name holds the digest
+    assert re.fullmatch(r"train_gan #[0-9a-f]{6}", gan.info.run_name), gan.info.run_name
     params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())["train_gan"]
     assert gan.data.params["lr_g"] == str(params["lr_g"]) and gan.data.params["epochs"] == "2"
     assert gan.data.tags["dvc_stage"] == "train_gan" and len(gan.data.tags["git_commit"]) == 40
-    assert len(client.get_metric_history(gan.info.run_id, "loss_d")) >= 5
-    assert client.get_metric_history(gan.info.run_id, "eval_frechet")
-    # evaluation numbers land on the training run they judge
-    assert "eval.frechet" in gan.data.metrics and "eval.cas" in gan.data.metrics
-    images = client.list_artifacts(gan.info.run_id, "images")
-    assert any("fixed_noise_grid" in f.path for f in images)
-    for run in runs["draw-mnist/train_inverted"]:
-        assert "eval.accuracy" in run.data.metrics
-    assert "gan.frechet" in runs["draw-mnist/evaluate"][0].data.metrics
+    assert len(client.get_metric_history(gan.info.run_id, "train/loss_d")) >= 5
+    assert client.get_metric_history(gan.info.run_id, "train/frechet_100")  # 100 eval samples
+    assert any(k.startswith("system/") for k in gan.data.metrics), sorted(gan.data.metrics)
+    # grids from step 0 (the chart opens there), the final one also as a plain file
+    images = [f.path for f in client.list_artifacts(gan.info.run_id, "images")]
+    assert any(p.startswith("images/digits+step+0+") for p in images), images
+    assert "digits/digits_final_gan.png" in [f.path for f in client.list_artifacts(gan.info.run_id, "digits")]
+    for run in stages["train_inverted"]:
+        steps = {p.split("+")[2] for p in (f.path for f in client.list_artifacts(run.info.run_id, "images"))}
+        assert "0" in steps, steps
+
+
+def test_evaluate_run_links_what_it_scored_and_scores_land_on_training_runs(pipeline_repo):
+    client, _, runs = mlflow_runs(pipeline_repo)
+    by_stage = {r.data.tags.get("dvc_stage"): r for r in runs}
+    gan, evaluate = by_stage["train_gan"], by_stage["evaluate"]
+    summary = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
+    # final scores next to the in-training ones, with the floor beside them
+    assert gan.data.metrics["final/frechet"] == summary["rows"]["gan"]["frechet"]
+    assert gan.data.metrics["final/frechet_floor"] == summary["floor_frechet"]
+    assert "final/cas" in gan.data.metrics
+    for run in runs:
+        if run.data.tags.get("dvc_stage") == "train_inverted":
+            assert "final/accuracy" in run.data.metrics
+    assert evaluate.data.metrics["gan/frechet"] == summary["rows"]["gan"]["frechet"]
+    assert "calibration/class_means/frechet" in evaluate.data.metrics
+    assert evaluate.data.tags["scored.gan.run_id"] == gan.info.run_id
+    assert evaluate.data.tags["scored.gan.checkpoint_sha256"] == gan.data.tags["checkpoint_sha256"]
+    assert gan.info.run_id in evaluate.data.tags["mlflow.note.content"]
+    assert evaluate.inputs.dataset_inputs  # the data it scored against
+    assert evaluate.info.end_time - evaluate.info.start_time > 1000  # open while it scores
+    logged = {f.path for f in client.list_artifacts(evaluate.info.run_id, "metrics")}
+    assert "metrics/per_class.json" in logged and "metrics/calibration.json" in logged
+    assert "figures/comparison.png" in {f.path for f in client.list_artifacts(evaluate.info.run_id, "figures")}
+
+
+def test_registered_model_draws_the_requested_digit_and_serves_it(pipeline_repo):
+    import subprocess
+    import time
+    import urllib.request
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from mnistgen.generators import draw, load_gan
+
+    client, _, runs = mlflow_runs(pipeline_repo)
+    gan = next(r for r in runs if r.data.tags.get("dvc_stage") == "train_gan")
+    champion = client.get_model_version_by_alias("draw-mnist-cgan", "champion")
+    assert champion.run_id == gan.info.run_id  # the first generator evaluated becomes champion
+    assert "digit" in client.get_registered_model("draw-mnist-cgan").description
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/draw-mnist-cgan@champion")
+    images = model.predict(pd.DataFrame([{"digit": 7, "count": 3, "seed": 5}, {"digit": 1}]))
+    assert images.shape == (4, 28, 28) and images.dtype == np.uint8
+    # exactly what `python -m mnistgen.draw 7 --count 3 --seed 5` draws from the checkpoint
+    expected = draw(load_gan(pipeline_repo / "models/gan.pt"), digit=7, count=3, seed=5)
+    assert np.array_equal(images[:3], expected)
+    assert not np.array_equal(images[3], draw(load_gan(pipeline_repo / "models/gan.pt"),
+                                                digit=7, count=1, seed=0)[0])
+    packed = model.unwrap_python_model().packed  # the raw tensor form stays available
+    raw = packed(torch.as_tensor(packed.example(2)))
+    assert tuple(raw.shape) == (2, 784)
+    with pytest.raises(Exception, match="digit must be a whole number in 0..9"):
+        model.predict(pd.DataFrame([{"digit": 12}]))
+
+    port = 5000 + (hash(str(pipeline_repo)) % 2000)
+    env = {**env_for(pipeline_repo), "MLFLOW_TRACKING_URI": f"sqlite:///{pipeline_repo / 'mlflow.db'}"}
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/draw-mnist-cgan@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              cwd=pipeline_repo, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        body = json.dumps({"dataframe_records": [{"digit": 7, "count": 2, "seed": 5}]}).encode()
+        deadline, answer = time.monotonic() + 180, None
+        while answer is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            except OSError:
+                time.sleep(1)
+        assert answer is not None, server.stderr.read()[-3000:] if server.poll() is not None else "no answer"
+        served = np.array(answer["predictions"], dtype=np.uint8)
+        assert np.array_equal(served, expected[:2])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_second_repro_is_a_noop(pipeline_repo):
@@ -225,11 +327,18 @@ def test_queued_experiments_all_reach_mlflow_and_dvc(pipeline_repo):
         assert "rows" in data["metrics"]["metrics/evaluate.json"]["data"]
     # both runs landed in the one store at the real repository root (found through DVC_ROOT)
     client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
-    exp_id = client.get_experiment_by_name("draw-mnist/train_gan").experiment_id
-    queued = client.search_runs([exp_id], filter_string="tags.dvc_exp_name != ''")
+    queued = stage_runs(client, "train_gan", "tags.dvc_exp_name != ''")
     assert len(queued) == 4  # none lost to "database is locked" or a temporary directory
     assert {r.data.params["lr_d"] for r in queued} == set(rates)
-    assert all(r.info.status == "FINISHED" and "eval.frechet" in r.data.metrics for r in queued)
+    assert all(r.info.status == "FINISHED" and "final/frechet" in r.data.metrics for r in queued)
+    # names say which experiment and what changed; each experiment has its own parent run
+    for run in queued:
+        exp_name, lr_d = run.data.tags["dvc_exp_name"], run.data.params["lr_d"]
+        assert run.info.run_name.startswith(f"train_gan [{exp_name}] lr_d={lr_d} #"), run.info.run_name
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+        assert parent.info.run_name.startswith("dvc ") and f"[{exp_name}]" in parent.info.run_name
+        assert f"train_gan.lr_d={lr_d}" in parent.info.run_name
+    assert len({r.data.tags["mlflow.parentRunId"] for r in queued}) == 4
     # a parameter set seen before (here: in the queue) is restored by the run cache, not retrained
     result = dvc(pipeline_repo, "exp", "run", "-S", "train_gan.lr_d=0.0002")
     output = result.stdout + result.stderr

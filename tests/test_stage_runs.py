@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from conftest import env_for
+from conftest import env_for, stage_runs
 from mnistgen import tracking
 
 pytestmark = pytest.mark.slow
@@ -155,8 +155,7 @@ def test_nan_loss_stops_with_step_and_params(pipeline_repo):
                           "lr_d=1e+30", "on_nan: skip")
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
-    failed = client.search_runs([client.get_experiment_by_name("draw-mnist/train_gan").experiment_id],
-                                filter_string="attributes.status = 'FAILED'")
+    failed = stage_runs(client, "train_gan", "attributes.status = 'FAILED'")
     assert any("non-finite loss" in r.data.tags.get("error", "") for r in failed)
 
 
@@ -187,8 +186,7 @@ def test_ctrl_c_stops_in_one_line_marks_the_run_killed_and_resumes_to_the_same_b
     stopped_at = int(err.split("interrupted at step ")[1].split("/")[0])
     assert resume.exists() and snapshot(pipeline_repo)[0] == before[0]  # outputs untouched
     client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("draw-mnist/train_gan").experiment_id
-    killed = client.search_runs([experiment], filter_string="attributes.status = 'KILLED'")
+    killed = stage_runs(client, "train_gan", "attributes.status = 'KILLED'")
     assert any(f"interrupted at step {stopped_at}" in r.data.tags.get("error", "") for r in killed)
 
     result = train_gan(pipeline_repo, params)  # resumes where Ctrl-C stopped it
@@ -235,8 +233,7 @@ def test_kill_9_then_rerun_resumes_and_never_leaves_half_outputs(pipeline_repo):
     # one MLflow run for the whole (interrupted + resumed) training
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("draw-mnist/train_gan").experiment_id],
-                              filter_string=f"tags.resumed_from_step = '{resumed_from}'")
+    runs = stage_runs(client, "train_gan", f"tags.resumed_from_step = '{resumed_from}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
@@ -246,8 +243,7 @@ def test_torchrun_two_cpu_processes_give_one_checkpoint_and_one_run(pipeline_rep
     from mnistgen.generators import load_gan
 
     client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
-    exp_id = client.get_experiment_by_name("draw-mnist/train_gan").experiment_id
-    runs_before = len(client.search_runs([exp_id]))
+    runs_before = len(stage_runs(client, "train_gan"))
     params = gan_params(pipeline_repo, threads=1, epochs=1)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "stages.train_gan", "--params", params, "--data", "data/mnist.npz",
@@ -261,6 +257,6 @@ def test_torchrun_two_cpu_processes_give_one_checkpoint_and_one_run(pipeline_rep
     import torch
     images = drawer.draw(torch.arange(10), torch.Generator().manual_seed(0))
     assert images.shape == (10, 784)
-    runs = client.search_runs([exp_id], order_by=["attributes.start_time DESC"])
+    runs = sorted(stage_runs(client, "train_gan"), key=lambda r: -r.info.start_time)
     assert len(runs) == runs_before + 1  # only rank 0 logs
     assert runs[0].data.tags["world_size"] == "2" and runs[0].info.status == "FINISHED"

@@ -1,0 +1,77 @@
+"""The registered model `draw-mnist-cgan`: ask it for digits by name.
+
+    model = mlflow.pyfunc.load_model("models:/draw-mnist-cgan@champion")
+    images = model.predict(pd.DataFrame([{"digit": 7, "count": 16, "seed": 0}]))
+
+Input rows: `digit` 0-9, optional `count` (default 1, at most 1,000) and `seed` (default 0,
+at most 2**31 - 1).
+Output: uint8 (N, 28, 28), N = the sum of the counts, rows in input order; each row's noise
+comes from its own seed, so the same request gives the same digits. The raw tensor form
+stays available: `model.unwrap_python_model().packed` is a torch module taking float
+(N, 10 + latent) = [one-hot digit | noise] and returning (N, 784) in [0, 1].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from mnistgen.generators import MAX_COUNT, draw
+DESCRIPTION = ("Class-conditional GAN generator for MNIST digits (draw-mnist pipeline). Input: rows "
+               "{digit: 0-9, count: optional, default 1, seed: optional, default 0}; output: uint8 "
+               "(N, 28, 28), N = the sum of the counts, in input order. Raw form: "
+               "unwrap_python_model().packed takes float (N, 10 + latent) = [one-hot | noise] "
+               "and returns (N, 784) in [0, 1]. Alias `champion`: the best generator by "
+               "evaluate's final scores.")
+
+
+def requests(frame: pd.DataFrame) -> list[tuple[int, int, int]]:
+    """(digit, count, seed) per row, checked; ValueError names the bad row."""
+    if "digit" not in frame.columns:
+        raise ValueError(f"each row needs a 'digit' (0-9); got columns {list(frame.columns)}")
+    out = []
+    for i, row in enumerate(frame.to_dict("records")):
+        values = {}
+        for key, default, lo, hi in (("digit", None, 0, 9), ("count", 1, 1, MAX_COUNT),
+                                     ("seed", 0, 0, 2**31 - 1)):
+            value = row.get(key, default)
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                value = default
+            if value is None or float(value) != int(value) or not lo <= int(value) <= hi:
+                raise ValueError(f"row {i}: {key} must be a whole number in {lo}..{hi}, got {value!r}")
+            values[key] = int(value)
+        out.append((values["digit"], values["count"], values["seed"]))
+    return out
+
+
+class DigitDrawer(mlflow.pyfunc.PythonModel):
+    """Rebuilt from the pipeline's checkpoint (weights + config), logged as an artifact."""
+
+    def load_context(self, context):
+        from mnistgen.generators import load_gan
+        from mnistgen.models import PackedGenerator
+
+        self.drawer = load_gan(Path(context.artifacts["checkpoint"]))
+        self.packed = PackedGenerator(self.drawer.model)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        pictures = [draw(self.drawer, digit=d, count=c, seed=s) for d, c, s in requests(frame)]
+        return np.concatenate(pictures) if pictures else np.zeros((0, 28, 28), np.uint8)
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import AnyType
+
+    # any type, not long: in a batch where some rows leave count/seed out, pandas holds the
+    # column as floats (NaN for missing), which a long column refuses; `requests` checks them
+    inputs = Schema([ColSpec("long", "digit"), ColSpec(AnyType(), "count", required=False),
+                     ColSpec(AnyType(), "seed", required=False)])
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, 28, 28))]))
+
+
+EXAMPLE = pd.DataFrame({"digit": [7, 3], "count": [2, 1], "seed": [0, 0]})

@@ -1,0 +1,100 @@
+"""Run names, the served model's request format, `device: auto` on Apple's MPS, and the
+`python -m mnistgen.draw` command."""
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mnistgen import naming
+from mnistgen.params import ParamsError
+from mnistgen.runtime import pick_device
+from mnistgen.serving import requests
+
+GAN_CONFIG = {"arch": "conv", "latent_dim": 8, "g_hidden": [8, 8, 4], "d_hidden": [8, 8, 8],
+              "spectral_norm": False}
+BASE = {"lr_g": 0.0004, "lr_d": 0.0004, "g_hidden": [64, 32, 16], "seed": 0}
+
+
+def test_run_names_say_what_changed_and_differ_when_params_differ():
+    changed = {**BASE, "lr_g": 0.0003}
+    name = naming.run_name("train_gan", params=changed, baseline=BASE, experiment="bushy-kiln")
+    assert name == f"train_gan [bushy-kiln] lr_g=0.0003 #{naming.digest(changed)}"
+    assert naming.run_name("train_gan", params=BASE, baseline=BASE) == f"train_gan #{naming.digest(BASE)}"
+    assert naming.digest(changed) != naming.digest(BASE)
+    assert naming.run_name("train_inverted", params=BASE, baseline=None, variant="sigmoid").startswith(
+        "train_inverted:sigmoid #")
+    many = {**BASE, "lr_g": 1, "lr_d": 2, "g_hidden": [8], "seed": 3}
+    assert " +1 more #" in naming.run_name("train_gan", params=many, baseline=BASE)
+    assert "g_hidden=[8]" in naming.run_name("train_gan", params=many, baseline=BASE)
+    # nested sections (a parent run's whole params.yaml): dotted keys
+    assert naming.changes({"train_gan": changed}, {"train_gan": BASE}) == ["train_gan.lr_g=0.0003"]
+
+
+def test_committed_params_reads_head_or_gives_none(tmp_path):
+    assert naming.committed_params(tmp_path) is None  # not a git repository
+    run = lambda *a: subprocess.run(a, cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    run("git", "init", "-q")
+    (tmp_path / "params.yaml").write_text("train_gan:\n  lr_g: 0.0004\n")
+    run("git", "add", "params.yaml")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p")
+    (tmp_path / "params.yaml").write_text("train_gan:\n  lr_g: 0.0003\n")  # an uncommitted edit
+    assert naming.committed_params(tmp_path) == {"train_gan": {"lr_g": 0.0004}}
+
+
+def test_requests_take_digit_with_optional_count_and_seed():
+    frame = pd.DataFrame([{"digit": 7, "count": 16, "seed": 3}, {"digit": 1}])
+    assert requests(frame) == [(7, 16, 3), (1, 1, 0)]
+    for bad, word in [({"digit": 10}, "digit"), ({"digit": 2.5}, "digit"), ({"digit": 3, "count": 0}, "count"),
+                      ({"digit": 3, "count": 5000}, "count"), ({"digit": 3, "seed": -1}, "seed")]:
+        with pytest.raises(ValueError, match=f"row 0: {word} must be a whole number"):
+            requests(pd.DataFrame([bad]))
+    with pytest.raises(ValueError, match="each row needs a 'digit'"):
+        requests(pd.DataFrame([{"count": 2}]))
+
+
+def test_auto_device_picks_mps_when_present_and_cuda_first(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("auto").type == "mps"
+    assert pick_device("mps").type == "mps" and pick_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto").type == "cpu"
+    with pytest.raises(ParamsError, match="MPS is not available"):
+        pick_device("mps")
+
+
+def test_draw_command_writes_one_row_per_digit(tmp_path):
+    from PIL import Image
+
+    from mnistgen.models import GanConfig, Generator
+    from mnistgen.runtime import save_checkpoint
+
+    G = Generator(GanConfig(**GAN_CONFIG))
+    ckpt = tmp_path / "gan.pt"
+    save_checkpoint(ckpt, kind="gan", models={"generator": G}, config=GAN_CONFIG)
+    out = tmp_path / "digits.png"
+    for extra in ([], ["--interpolate"]):
+        result = subprocess.run([sys.executable, "-m", "mnistgen.draw", "7", "3", "--count", "5",
+                                 "--model", str(ckpt), "--out", str(out), *extra],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        width, height = Image.open(out).size
+        assert (width, height) == (2 * (5 * 30 + 2), 2 * (2 * 30 + 2))  # 2 rows x 5, scale 2
+    bad = subprocess.run([sys.executable, "-m", "mnistgen.draw", "12", "--model", str(ckpt)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "a digit is 0-9, got '12'" in bad.stderr
+
+
+def test_interpolation_ends_at_two_noise_samples():
+    from mnistgen.draw import slerp
+
+    a, b = torch.randn(16), torch.randn(16)
+    path = slerp(a, b, 7)
+    assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
+    assert np.isfinite(path.numpy()).all() and path.shape == (7, 16)

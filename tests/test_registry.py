@@ -1,0 +1,119 @@
+"""The `champion` alias moves only to a better generator; experiments open as model training;
+stage runs nest under their dvc invocation's parent run."""
+import pytest
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def trained(client, experiment_id: str, sha: str, ratio: float) -> str:
+    """A finished training run that wrote checkpoint `sha`, scored `ratio` x the floor, with
+    a registered version of draw-mnist-cgan."""
+    run = client.create_run(experiment_id, tags={"checkpoint_sha256": sha})
+    client.log_metric(run.info.run_id, "final/frechet_x_floor", ratio)
+    client.set_terminated(run.info.run_id)
+    client.create_model_version("draw-mnist-cgan", source=f"runs:/{run.info.run_id}/generator",
+                                run_id=run.info.run_id)
+    return run.info.run_id
+
+
+def test_champion_moves_only_to_a_generator_that_beats_it(store):
+    from mnistgen.registry import promote_champion
+
+    exp = store.create_experiment("draw-mnist")
+    store.create_registered_model("draw-mnist-cgan")
+    first = trained(store, exp, "a" * 64, 5.0)
+    assert "is now @champion" in promote_champion("a" * 64, registered_name="draw-mnist-cgan")
+    assert store.get_model_version_by_alias("draw-mnist-cgan", "champion").run_id == first
+    trained(store, exp, "b" * 64, 6.5)  # worse: the alias stays
+    message = promote_champion("b" * 64, registered_name="draw-mnist-cgan")
+    assert "does not beat @champion v1 (5.00x); champion unchanged" in message
+    assert store.get_model_version_by_alias("draw-mnist-cgan", "champion").run_id == first
+    better = trained(store, exp, "c" * 64, 4.0)
+    assert "is now @champion (was v1)" in promote_champion("c" * 64, registered_name="draw-mnist-cgan")
+    assert store.get_model_version_by_alias("draw-mnist-cgan", "champion").run_id == better
+    assert "already @champion" in promote_champion("c" * 64, registered_name="draw-mnist-cgan")
+
+
+def test_runs_go_to_one_model_training_experiment_and_old_ones_are_marked(store):
+    from mnistgen import tracking
+
+    old = store.create_experiment("draw-mnist/train_gan")  # an earlier version's layout
+    with tracking.start_run(stage="train_gan", params={"lr_g": 0.0004}) as run:
+        pass
+    exp = store.get_experiment(run.info.experiment_id)
+    assert exp.name == "draw-mnist"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert store.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    finished = store.get_run(run.info.run_id)
+    assert finished.info.run_name.startswith("train_gan #") and finished.info.status == "FINISHED"
+    # run by hand, not by dvc: no parent run
+    assert "mlflow.parentRunId" not in finished.data.tags
+
+
+def test_stage_runs_of_one_dvc_invocation_share_a_parent(store, monkeypatch, tmp_path):
+    from mnistgen import tracking
+
+    (tmp_path / "params.yaml").write_text("train_gan:\n  lr_g: 0.0004\n")
+    monkeypatch.setattr(tracking, "dvc_invocation", lambda: ("host:123:1.00", "dvc repro"))
+    ids = []
+    for stage in ("train_gan", "evaluate"):
+        with tracking.start_run(stage=stage, params={"seed": 0}) as run:
+            ids.append(run.info.run_id)
+    runs = [store.get_run(i) for i in ids]
+    parent = store.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert runs[1].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.info.run_name.startswith("dvc repro #") and parent.info.status == "FINISHED"
+    assert parent.data.params["train_gan.lr_g"] == "0.0004"
+    assert parent.info.end_time >= runs[1].info.end_time  # it spans its stages
+    # another dvc process: another parent
+    monkeypatch.setattr(tracking, "dvc_invocation", lambda: ("host:456:2.00", "dvc exp run"))
+    with tracking.start_run(stage="train_gan", params={"seed": 0}) as run:
+        pass
+    assert store.get_run(run.info.run_id).data.tags["mlflow.parentRunId"] != parent.info.run_id
+
+
+def champion_of_this_repository():
+    """The repository's own `models:/draw-mnist-cgan@champion`, or a reason to skip."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from conftest import ROOT
+
+    if not (ROOT / "mlflow.db").is_file() or not (ROOT / "models/judge.pt").is_file():
+        return None, "needs this repository's pipeline run (`make repro`)"
+    client = MlflowClient(f"sqlite:///{ROOT / 'mlflow.db'}")
+    try:
+        client.get_model_version_by_alias("draw-mnist-cgan", "champion")
+    except MlflowException:
+        return None, "this repository's store has no draw-mnist-cgan@champion yet"
+    return ROOT, None
+
+
+def test_the_champion_draws_a_seven_the_judge_reads_as_seven():
+    """After `make repro`: the registered model, asked for sevens, draws sevens."""
+    import mlflow
+    import pandas as pd
+    import torch
+
+    from mnistgen.judging import features_and_predictions, load_judge
+
+    root, reason = champion_of_this_repository()
+    if root is None:
+        pytest.skip(reason)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/draw-mnist-cgan@champion")
+    sevens = model.predict(pd.DataFrame([{"digit": 7, "count": 32, "seed": 0}]))
+    judge = load_judge(root / "models/judge.pt", torch.device("cpu"))
+    _, predictions = features_and_predictions(judge, sevens.reshape(-1, 784))
+    assert (predictions == 7).mean() >= 0.9, predictions
