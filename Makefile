@@ -28,7 +28,7 @@ bench-laptop: setup
 		$(PY) -m bench.benchmark --repeats 3 --pipeline
 
 ui: setup
-	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+	$(PY) tools/ui.py --port 5000
 
 # Screenshots of the MLflow UI from headless Chromium -> docs/ui/ (needs chromium; not in `make test`)
 ui-check: setup

@@ -30,8 +30,11 @@ from mnistgen.params import field
 from mnistgen.runtime import Interrupted
 
 EXPERIMENT = "draw-mnist"
-# the UI reads this tag to choose between its GenAI pages (traces) and its runs table
+# what the experiment is, for MLflow versions whose UI picks its GenAI pages (traces) or its
+# runs table by this tag. MLflow 3.17's UI ignores it and follows its "GenAI | Model
+# training" switch (a URL parameter, else the browser's last choice, else GenAI): ui_path.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_WORKFLOW = "workflowType=machine_learning"  # the switch on "Model training"
 INVOCATION_TAG = "mnistgen.invocation"  # marks a parent run: which dvc process it stands for
 
 
@@ -226,7 +229,7 @@ def start_run(*, stage: str, params: dict, run_id: str | None = None, variant: s
             if "error" in active.data.tags:  # why it stopped before: no longer true
                 client.delete_tag(run_id, "error")
         else:
-            committed = (naming.committed_params(repo_root()) or {}).get(stage)
+            committed = (naming.committed_params(Path.cwd()) or {}).get(stage)  # this copy's HEAD
             name = naming.run_name(stage, params=params, baseline=committed, variant=variant,
                                    experiment=os.environ.get("DVC_EXP_NAME"))
             tags = run_tags(stage)
@@ -265,6 +268,13 @@ def experiment() -> str:
     return exp.experiment_id
 
 
+def ui_path(experiment_id: str | None) -> str:
+    """The UI page (after the server's address) of the experiment's runs table, in the UI's
+    model-training view: MLflow 3.17 otherwise opens experiments on GenAI traces."""
+    page = f"#/experiments/{experiment_id}/runs" if experiment_id else "#/experiments"
+    return f"{page}?{UI_WORKFLOW}"
+
+
 def dvc_invocation() -> tuple[str, str] | None:
     """(key, command) of the `dvc repro` / `dvc exp run` process this stage runs under
     (DVC starts each stage through a shell), or None when run by hand."""
@@ -301,10 +311,12 @@ def pipeline_parent(client, experiment_id: str) -> str | None:
 
     from mlflow.entities import Param
 
-    with open(repo_root() / "params.yaml") as f:  # already validated by check_params
+    # the stage's own copy (`dvc exp run --temp` and queued runs work in a temporary copy;
+    # DVC_ROOT names the original), already validated by check_params
+    with open("params.yaml") as f:
         everything = yaml.safe_load(f) or {}
     name = naming.run_name(invocation[1], params=everything, experiment=exp_name,
-                           baseline=naming.committed_params(repo_root()))
+                           baseline=naming.committed_params(Path.cwd()))
     tags = {INVOCATION_TAG: key, "mnistgen.role": "pipeline", "git_commit": git_commit(repo_root())}
     if exp_name:
         tags["dvc_exp_name"] = exp_name

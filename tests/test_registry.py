@@ -117,3 +117,15 @@ def test_the_champion_draws_a_seven_the_judge_reads_as_seven():
     judge = load_judge(root / "models/judge.pt", torch.device("cpu"))
     _, predictions = features_and_predictions(judge, sevens.reshape(-1, 784))
     assert (predictions == 7).mean() >= 0.9, predictions
+
+
+def test_make_ui_prints_the_runs_table_in_the_model_training_view():
+    """MLflow 3.17's UI opens experiments on GenAI traces unless its workflow switch (URL
+    parameter `workflowType`) says model training; the tag is for UIs that read it. Seen in
+    headless Chromium (`make ui-check`): with the parameter the experiment opens on Runs."""
+    from conftest import ROOT
+    from mnistgen import tracking
+
+    assert tracking.ui_path("7") == "#/experiments/7/runs?workflowType=machine_learning"
+    assert tracking.ui_path(None) == "#/experiments?workflowType=machine_learning"
+    assert "tools/ui.py" in (ROOT / "Makefile").read_text().split("\nui:")[1].split("\n\n")[0]

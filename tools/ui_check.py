@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mnistgen.tracking import EXPERIMENT, tracking_uri  # noqa: E402
+from mnistgen.tracking import EXPERIMENT, UI_WORKFLOW, tracking_uri, ui_path  # noqa: E402
 
 
 def free_port() -> int:
@@ -61,14 +61,15 @@ def pages(client) -> dict:
     eid = exp.experiment_id
     gans = client.search_runs([eid], filter_string="tags.dvc_stage = 'train_gan'",
                               order_by=["attributes.start_time DESC"], max_results=2)
-    views = {"1_experiment_opens.png": f"#/experiments/{eid}",
-             "2_runs_table.png": f"#/experiments/{eid}/runs"}
+    views = {"1_experiment_opens.png": ui_path(eid)}
     if len(gans) == 2:
         ids = json.dumps([r.info.run_id for r in gans])
-        views["3_compare_two_gan_runs.png"] = f"#/compare-runs?runs={ids}&experiments={json.dumps([eid])}"
+        views["2_compare_two_gan_runs.png"] = (f"#/compare-runs?runs={ids}&experiments="
+                                               f"{json.dumps([eid])}&{UI_WORKFLOW}")
     if gans:
-        views["4_gan_run_charts.png"] = f"#/experiments/{eid}/runs/{gans[0].info.run_id}/model-metrics"
-        views["5_gan_run_artifacts.png"] = f"#/experiments/{eid}/runs/{gans[0].info.run_id}/artifacts"
+        run = f"#/experiments/{eid}/runs/{gans[0].info.run_id}"
+        views["3_gan_run_charts.png"] = f"{run}/model-metrics?{UI_WORKFLOW}"
+        views["4_gan_run_overview.png"] = f"{run}?{UI_WORKFLOW}"
     return views
 
 
