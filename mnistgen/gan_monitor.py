@@ -53,7 +53,7 @@ class Monitor:
         if step % p.sample_every == 0 or last:
             picture = self.log_grid(s, step)
             if last:  # rows = digits 0-9, columns = fixed noise
-                tracking.log_picture(picture, "digits_final_gan.png")
+                tracking.log_picture(picture, "final_digits.png")
         if step % p.eval_every == 0 or last:
             fakes = generate(s.G_ema, self.eval_labels, self.eval_z)
             q = quick_score(self.judge, fakes, self.eval_labels.numpy(), self.ref_features)

@@ -60,8 +60,9 @@ def link_sources(sources: dict) -> None:
 
 
 def metric_key(name: str) -> str:
-    """A row name as an MLflow metric key (letters, digits, _ - . / and spaces only)."""
-    return "".join(c if c.isalnum() or c in "_-./" else "_" for c in name.replace("%", "pct"))
+    """A row name as part of an MLflow metric key: letters, digits, _ and - only (a `/`
+    would start a chart section of its own, a `.` look like a metric suffix)."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name.replace("%", "pct"))
 
 
 def promote_champion(checkpoint_sha256: str, *, registered_name: str, alias: str = "champion",

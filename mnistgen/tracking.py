@@ -381,10 +381,23 @@ def log_image(image: np.ndarray, key: str, step: int) -> None:
 
 
 def log_picture(image: np.ndarray, filename: str) -> None:
-    """One picture as a plain artifact under digits/ (not a step series)."""
+    """One picture as a plain artifact at the run's top level (not a step series): files of
+    the same name in two runs show side by side in the UI's compare view."""
     import mlflow
 
-    mlflow.log_image(image, artifact_file=f"digits/{filename}")
+    mlflow.log_image(image, artifact_file=filename)
+
+
+def log_metrics_to_parent(metrics: dict) -> None:
+    """Copy metrics onto the active run's parent (its dvc invocation), if it has one: the
+    collapsed runs table and chart view then show each pipeline run's scores."""
+    import mlflow
+
+    parent = mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    if parent:
+        client = mlflow.tracking.MlflowClient()
+        for key, value in metrics.items():
+            client.log_metric(parent, key, value)
 
 
 def log_file(path: Path, artifact_path: str | None = None) -> None:

@@ -30,11 +30,14 @@ def log_scores(rows: dict, calibration: dict, sources: dict, files: list[Path]):
     """Into the active evaluate run: every row's scores, the calibration rows, the files, and
     which training runs and checkpoints the rows came from."""
     floor = rows[REAL]["frechet"]
+    scores = {}
     for name, row in rows.items():
-        tracking.log_metrics({f"{name}/{k}": v for k, v in row.items()} |
-                             {f"{name}/frechet_x_floor": row["frechet"] / floor})
-    for name, row in calibration.items():
-        tracking.log_metrics({f"calibration/{registry.metric_key(name)}/{k}": v
+        scores |= {f"{name}/{k}": v for k, v in row.items()}
+        scores[f"{name}/frechet_x_floor"] = row["frechet"] / floor
+    tracking.log_metrics(scores)
+    tracking.log_metrics_to_parent(scores)
+    for name, row in calibration.items():  # one chart section: calibration/<row>.<metric>
+        tracking.log_metrics({f"calibration/{registry.metric_key(name)}.{k}": v
                               for k, v in row.items() if k != "kind"})
     for path in files:
         tracking.log_file(path, "figures" if path.suffix == ".png" else "metrics")

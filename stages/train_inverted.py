@@ -53,7 +53,7 @@ def main(argv=None):
                 tracking.tag_run(checkpoint_sha256=sha256_file(path))
                 registry.log_model(model.eval(), name=f"inverted_{variant}",
                                    example=onehot(torch.arange(10)).numpy())
-                tracking.log_picture(digits_picture(model), f"digits_final_{variant}.png")
+                tracking.log_picture(digits_picture(model), "final_digits.png")
             progress.done(params.steps)
             curves[variant] = dict(history)
             print(f"train_inverted: {variant}: final loss per image {history[-1][1]:.4f}")

@@ -99,7 +99,7 @@ def test_mlflow_runs_are_named_nested_and_carry_params_curves_and_grids(pipeline
     # grids from step 0 (the chart opens there), the final one also as a plain file
     images = [f.path for f in client.list_artifacts(gan.info.run_id, "images")]
     assert any(p.startswith("images/digits+step+0+") for p in images), images
-    assert "digits/digits_final_gan.png" in [f.path for f in client.list_artifacts(gan.info.run_id, "digits")]
+    assert "final_digits.png" in [f.path for f in client.list_artifacts(gan.info.run_id)]
     for run in stages["train_inverted"]:
         steps = {p.split("+")[2] for p in (f.path for f in client.list_artifacts(run.info.run_id, "images"))}
         assert "0" in steps, steps
@@ -118,7 +118,10 @@ def test_evaluate_run_links_what_it_scored_and_scores_land_on_training_runs(pipe
         if run.data.tags.get("dvc_stage") == "train_inverted":
             assert "final/accuracy" in run.data.metrics
     assert evaluate.data.metrics["gan/frechet"] == summary["rows"]["gan"]["frechet"]
-    assert "calibration/class_means/frechet" in evaluate.data.metrics
+    assert "calibration/class_means.frechet" in evaluate.data.metrics
+    # and on the parent run, so the collapsed runs table shows each pipeline run's scores
+    parent = client.get_run(evaluate.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["gan/frechet"] == summary["rows"]["gan"]["frechet"]
     assert evaluate.data.tags["scored.gan.run_id"] == gan.info.run_id
     assert evaluate.data.tags["scored.gan.checkpoint_sha256"] == gan.data.tags["checkpoint_sha256"]
     assert gan.info.run_id in evaluate.data.tags["mlflow.note.content"]

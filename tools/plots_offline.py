@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import importlib.util
 import json
 import subprocess
 import sys
@@ -48,9 +49,7 @@ def main(argv=None):
     parser.add_argument("revisions", nargs="*")
     parser.add_argument("--out", type=Path, default=Path("dvc_plots/offline.html"))
     args = parser.parse_args(argv)
-    try:
-        import vl_convert  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("vl_convert") is None:
         raise SystemExit("plots-offline: needs vl-convert-python (`make plots-offline` installs it)")
     plots = dvc_plots(args.revisions)
     body = "\n".join(section(title, items) for title, items in plots.items())
