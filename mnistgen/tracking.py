@@ -93,7 +93,10 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
                     # reads every page: damage in the middle of the file shows here, before
                     # any work, not as a 76-line traceback from MLflow later
                     problems = [" ".join(row[0].split()) for row in con.execute("PRAGMA quick_check(1)")]
-            except sqlite3.Error as err:
+            except sqlite3.DatabaseError as err:
+                if "malformed" in str(err):  # damage in a page read before quick_check ran
+                    raise TrackingError(f"MLflow store {uri} is damaged ({err}); move it aside (a "
+                                        f"new one is created) or restore it from a backup") from err
                 raise TrackingError(f"MLflow store {uri} cannot be written ({err}); is another "
                                     f"program holding it, or is it not an MLflow database?") from err
             if problems != ["ok"]:
