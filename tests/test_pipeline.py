@@ -163,7 +163,11 @@ def test_registered_model_draws_the_requested_digit_and_serves_it(pipeline_repo)
     with pytest.raises(Exception, match="digit must be a whole number in 0..9"):
         model.predict(pd.DataFrame([{"digit": 12}]))
 
-    port = 5000 + (hash(str(pipeline_repo)) % 2000)
+    import socket
+
+    with socket.socket() as probe:  # a free port, not a guess that may be taken
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     env = {**env_for(pipeline_repo), "MLFLOW_TRACKING_URI": f"sqlite:///{pipeline_repo / 'mlflow.db'}"}
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/draw-mnist-cgan@champion",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
