@@ -37,13 +37,15 @@ def count(fn) -> int:
     return counter.get_total_flops()
 
 
-def classifier_step(config: JudgeConfig, batch_size, shift) -> int:
-    """One AdamW step of train_classifier (judge or CAS) on a batch."""
+def classifier_step(config: JudgeConfig, batch_size, shift, consistency=0.0) -> int:
+    """One AdamW step of train_classifier (judge or CAS) on a batch; with `consistency` the
+    step also runs the changed copies of a quarter of the batch."""
     model = Judge(config)
     x, y = torch.zeros(batch_size, 1, 28, 28), torch.arange(batch_size) % 10
     return count(lambda: train_classifier(model=model, images=x, labels=y, epochs=1,
                                           batch_size=batch_size, lr=1e-3, weight_decay=0.0,
-                                          shift=shift, device=CPU, seed=0))
+                                          shift=shift, device=CPU, seed=0,
+                                          consistency=consistency))
 
 
 def forward(model, *inputs) -> int:
@@ -67,7 +69,7 @@ def stage_flops(params_path: Path) -> dict[str, int]:
     n = judge_p.train_limit or TRAIN_IMAGES
     steps = judge_p.epochs * (n // judge_p.batch_size)
     flops["train_judge"] = (steps * classifier_step(judge_p.model_config(), judge_p.batch_size,
-                                                    judge_p.shift)
+                                                    judge_p.shift, judge_p.consistency)
                             + judge_forward(judge_p, TEST_IMAGES))
 
     inverted = InvertedGenerator(InvertedConfig(output="softmax"))

@@ -30,6 +30,8 @@ class JudgeParams(RunParams):
     smooth: float = field(lo=0.0, hi=1.0, doc="share of each batch resampled or blurred (augmentation)")
     noise: float = field(lo=0.0, hi=64.0, doc="pixel noise of up to N grey levels (augmentation)")
     input_blur: float = field(lo=0.0, hi=3.0, doc="sigma of the judge's fixed low-pass front end; 0 = none")
+    pool: str = field(choices=("max", "blur"), doc="blur = anti-aliased downsampling (shift-robust)")
+    consistency: float = field(lo=0.0, hi=10.0, doc="weight of the feature-drift term; 0 = off")
     precision: str = precision_field()
     train_limit: int = field(lo=0, doc="use only the first N training images; 0 = all")
     log_every: int = field(lo=1)
@@ -41,7 +43,7 @@ class JudgeParams(RunParams):
 
     def model_config(self) -> JudgeConfig:
         return JudgeConfig(channels=list(self.channels), feature_dim=self.feature_dim,
-                           input_blur=self.input_blur)
+                           input_blur=self.input_blur, pool=self.pool)
 
     def steps(self, n_images: int) -> int:
         return self.epochs * (n_images // self.batch_size)
@@ -87,6 +89,35 @@ def smooth_and_noise(x: torch.Tensor, *, smooth: float, noise: float,
     return x
 
 
+PAIR_SHARE = 0.25  # share of each batch seen twice by the consistency term (+25% compute)
+
+
+def harmless_copy(x: torch.Tensor, *, noise: float, gen: torch.Generator) -> torch.Tensor:
+    """x (N, 1, 28, 28) changed as a person would hardly see: shifted by up to 1 pixel, then
+    resampled 28 -> s -> 28 or blurred (smooth_and_noise with every image picked), plus noise."""
+    return smooth_and_noise(random_shift(x, 1, gen), smooth=1.0, noise=noise, gen=gen)
+
+
+def feature_drift(features: torch.Tensor, changed: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """Mean squared move of the features (M, D) -> changed (M, D), each dimension in units of
+    its batch variance `spread` (D,): scale-free, like the Fréchet distance that reads these
+    features, so shrinking all features cannot lower it."""
+    return ((changed - features) ** 2 / spread).mean()
+
+
+def classify_and_hold(trained, x, y, *, weight: float, noise: float, gen, device, precision):
+    """Cross-entropy on the batch x (N, 1, 28, 28) plus `weight` x the feature drift of its
+    first PAIR_SHARE under harmless_copy; one forward pass through `trained` for both."""
+    m = max(1, int(len(x) * PAIR_SHARE))
+    pairs = harmless_copy(x[:m], noise=noise, gen=gen)
+    with autocast(device, precision):
+        logits, features = trained(torch.cat([x, pairs]), with_features=True)
+    logits, features = logits.float(), features.float()
+    spread = features[:len(x)].var(0).detach() + 1e-4  # (D,); the floor keeps dead units finite
+    drift = feature_drift(features[:m], features[len(x):], spread)
+    return F.cross_entropy(logits[:len(x)], y) + weight * drift
+
+
 @torch.no_grad()
 def accuracy(model, images, labels, device, batch=1000) -> float:
     model.eval()
@@ -99,8 +130,10 @@ def accuracy(model, images, labels, device, batch=1000) -> float:
 
 def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_decay, shift,
                      device, seed, precision="fp32", log_every=50, on_log=None,
-                     world: World = World(), smooth: float = 0.0, noise: float = 0.0):
+                     world: World = World(), smooth: float = 0.0, noise: float = 0.0,
+                     consistency: float = 0.0):
     """Minimise cross-entropy with AdamW under a one-cycle schedule; images (N,1,28,28).
+    With `consistency` > 0, add the feature drift under harmless changes (feature_drift).
     Under torchrun each rank trains on its slice of every global batch. on_log(step, loss)
     every `log_every` steps. Returns the number of steps."""
     gen = torch.Generator().manual_seed(seed)
@@ -126,9 +159,14 @@ def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_de
                 x = smooth_and_noise(x, smooth=smooth, noise=noise, gen=gen)
             x = world.shard(x)
             y = world.shard(labels[idx])
-            # objective: maximise log p(label | image) of the classifier
-            with autocast(device, precision):
-                loss = F.cross_entropy(trained(x).float(), y)
+            # objective: maximise log p(label | image) of the classifier, plus (consistency > 0)
+            # keep its features where they are when the image changes harmlessly
+            if consistency > 0:
+                loss = classify_and_hold(trained, x, y, weight=consistency, noise=noise, gen=gen,
+                                         device=device, precision=precision)
+            else:
+                with autocast(device, precision):
+                    loss = F.cross_entropy(trained(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -147,5 +185,6 @@ def train_judge(*, params: JudgeParams, images, labels, device, precision: str,
                              batch_size=params.batch_size, lr=params.lr,
                              weight_decay=params.weight_decay, shift=params.shift, device=device,
                              seed=params.seed, precision=precision, log_every=params.log_every,
-                             on_log=on_log, world=world, smooth=params.smooth, noise=params.noise)
+                             on_log=on_log, world=world, smooth=params.smooth, noise=params.noise,
+                             consistency=params.consistency)
     return model, steps

@@ -14,6 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from mnistgen.runtime import CheckpointError
+
 
 # ---------------------------------------------------------------- the judge
 
@@ -27,6 +29,31 @@ class JudgeConfig:
     feature_dim: int  # the penultimate layer: the space Fréchet distance lives in
     input_blur: float  # sigma of a fixed Gaussian blur on every input (0 = none): a low-pass
                        # front end, so stroke rendering (resampling, slight blur) matters less
+    pool: str  # "max" (2x2 max pooling) or "blur" (anti-aliased: see BlurDown), so that a
+               # 1-pixel shift moves the features less
+
+
+class BlurDown(nn.Module):
+    """Anti-aliased downsampling (Zhang 2019, "Making Convolutional Networks Shift-Invariant
+    Again"): after a 2x2 max at stride 1, a fixed [1 2 1] x [1 2 1] / 16 blur at stride 2.
+    (N, C, H, W) -> (N, C, ceil(H / 2), ceil(W / 2))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (taps[:, None] * taps[None, :] / 16).expand(channels, 1, 3, 3).clone()
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def forward(self, x):
+        padded = F.pad(x, [1, 1, 1, 1], mode="replicate")
+        return F.conv2d(padded, self.kernel, stride=2, groups=len(self.kernel))
+
+
+def _downsample(pool: str, channels: int) -> list[nn.Module]:
+    """Halve the side: 28 -> 14 -> 7 -> 3 (4 -> 2 -> 1)."""
+    if pool == "max":
+        return [nn.MaxPool2d(2)]
+    return [nn.MaxPool2d(2, stride=1), BlurDown(channels)]  # 28 -> 27 -> 14, 7 -> 6 -> 3
 
 
 class Judge(nn.Module):
@@ -38,7 +65,7 @@ class Judge(nn.Module):
         layers, c_in = [], 1
         for c_out in cfg.channels:  # 28 -> 14 -> 7 -> 3
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+                       nn.ReLU(inplace=True), *_downsample(cfg.pool, c_out)]
             c_in = c_out
         self.conv = nn.Sequential(*layers)
         side = 28 >> len(cfg.channels)
@@ -51,8 +78,10 @@ class Judge(nn.Module):
             x = TF.gaussian_blur(x, [5, 5], [self.cfg.input_blur, self.cfg.input_blur])
         return self.features(self.conv(x))
 
-    def forward(self, x):  # -> (N, 10) logits
-        return self.head(self.embed(x))
+    def forward(self, x, with_features: bool = False):  # -> (N, 10) logits [, (N, feature_dim)]
+        features = self.embed(x)
+        logits = self.head(features)
+        return (logits, features) if with_features else logits
 
 
 # ---------------------------------------------------------------- the seed's inverted classifier
@@ -204,8 +233,15 @@ BUILDERS = {
 
 
 def build(kind: str, config: dict) -> nn.Module:
+    """The model a checkpoint's config describes; a config from other code (a key missing
+    or unknown, e.g. a judge saved before `pool` existed) is a CheckpointError."""
     cfg_cls, model_cls = BUILDERS[kind]
-    return model_cls(cfg_cls(**config))
+    try:
+        cfg = cfg_cls(**config)
+    except TypeError as err:
+        raise CheckpointError(f"the checkpoint's {kind} config does not fit this code ({err}); "
+                              f"retrain it with `dvc repro`") from err
+    return model_cls(cfg)
 
 
 def config_dict(model: nn.Module) -> dict:

@@ -21,10 +21,13 @@ def find_training_run(checkpoint_sha256: str):
     return runs[0] if runs else None
 
 
-def log_to_training_run(checkpoint_sha256: str, metrics: dict) -> bool:
+JUDGE_TAG = "final/judge_sha256"  # which judge scored a training run's final/* metrics
+
+
+def log_to_training_run(checkpoint_sha256: str, metrics: dict, *, judge_sha256: str) -> bool:
     """Put evaluation metrics on the run that trained the model (and on the model it logged),
-    so the UI's compare view and model page show params, curves, images and scores together.
-    False if that run is gone."""
+    so the UI's compare view and model page show params, curves, images and scores together;
+    tag the judge that scored them. False if that run is gone."""
     from mlflow.tracking import MlflowClient
 
     run = find_training_run(checkpoint_sha256)
@@ -34,6 +37,7 @@ def log_to_training_run(checkpoint_sha256: str, metrics: dict) -> bool:
     outputs = getattr(run, "outputs", None)
     model_ids = [m.model_id for m in (outputs.model_outputs if outputs else [])] or [None]
     with store_lock(tracking_uri()):
+        client.set_tag(run.info.run_id, JUDGE_TAG, judge_sha256)
         for key, value in metrics.items():
             for model_id in model_ids:
                 client.log_metric(run.info.run_id, key, value, model_id=model_id)
@@ -65,11 +69,13 @@ def metric_key(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in name.replace("%", "pct"))
 
 
-def promote_champion(checkpoint_sha256: str, *, registered_name: str, alias: str = "champion",
-                     key: str = "final/frechet_x_floor") -> str:
+def promote_champion(checkpoint_sha256: str, *, judge_sha256: str, registered_name: str,
+                     alias: str = "champion", key: str = "final/frechet_x_floor") -> str:
     """Point `alias` at the registered version trained into this checkpoint when it beats the
-    current champion on `key` (lower is better; a ratio to the floor, so comparable across
-    judges), or when there is none. Returns what it did, for the log."""
+    current champion on `key` (lower is better), or when there is none. Scores compare only
+    under one judge (the same generator measured 5.9x-9.8x the floor by equally good judges,
+    docs/experiments.md), so a champion scored by another judge is replaced: the new version
+    is the only one measured by the judge in use. Returns what it did, for the log."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -86,17 +92,21 @@ def promote_champion(checkpoint_sha256: str, *, registered_name: str, alias: str
         current = None
     if current is not None and current.version == new.version:
         return f"{registered_name} v{new.version} is already @{alias}"
+    was = ""
     if current is not None:
         try:
-            best = client.get_run(current.run_id).data.metrics.get(key)
+            champion_run = client.get_run(current.run_id).data
         except MlflowException:  # its run was deleted
-            best = None
-        if best is not None and not score < best:
+            champion_run = None
+        best = champion_run.metrics.get(key) if champion_run else None
+        same_judge = champion_run is not None and champion_run.tags.get(JUDGE_TAG) == judge_sha256
+        if best is not None and same_judge and not score < best:
             return (f"{registered_name} v{new.version}: Fréchet {score:.2f}x the floor does not beat "
                     f"@{alias} v{current.version} ({best:.2f}x); {alias} unchanged")
+        was = (f" (was v{current.version})" if same_judge or best is None else
+               f" (was v{current.version}, scored by another judge: not comparable)")
     with store_lock(tracking_uri()):
         client.set_registered_model_alias(registered_name, alias, new.version)
-    was = f" (was v{current.version})" if current is not None else ""
     return f"{registered_name} v{new.version} is now @{alias}{was}: Fréchet {score:.2f}x the floor"
 
 

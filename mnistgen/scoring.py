@@ -57,7 +57,7 @@ def cas_steps(n_images: int, params: EvaluateParams) -> int:
 
 def cas_config(params: EvaluateParams) -> JudgeConfig:
     """The fresh classifier CAS trains: the judge's architecture, plain input."""
-    return JudgeConfig(channels=params.cas_channels, feature_dim=64, input_blur=0.0)
+    return JudgeConfig(channels=params.cas_channels, feature_dim=64, input_blur=0.0, pool="max")
 
 
 def cas(*, images, labels, test_x, test_y, params: EvaluateParams, device, on_log=None) -> float:

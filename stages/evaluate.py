@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mnistgen import registry, tracking
-from mnistgen.data import load_arrays
+from mnistgen.data import load_arrays, sha256_file
 from mnistgen.judging import load_judge
 from mnistgen.params import load_section
 from mnistgen.runtime import prepare, write_json
@@ -64,15 +64,18 @@ def main(argv=None):
         files = [Path(args.summary), Path(args.per_class), Path(args.calibration),
                  *sorted(Path(args.figures).glob("*.png"))]
         log_scores(rows, result["calibration"], result["sources"], files)
+    judge_sha256 = sha256_file(args.judge)
     for name, sha in result["sources"].items():
         final = {f"final/{k}": v for k, v in rows[name].items()}
         final["final/frechet_floor"] = rows[REAL]["frechet"]
         final["final/frechet_x_floor"] = rows[name]["frechet"] / rows[REAL]["frechet"]
-        if not registry.log_to_training_run(sha, final):
+        if not registry.log_to_training_run(sha, final, judge_sha256=judge_sha256):
             print(f"evaluate: no MLflow training run wrote the {name} checkpoint; its scores are "
                   f"in the evaluate run only", file=sys.stderr)
         elif name == "gan":
-            print(f"evaluate: {registry.promote_champion(sha, registered_name=REGISTERED)}")
+            outcome = registry.promote_champion(sha, judge_sha256=judge_sha256,
+                                                registered_name=REGISTERED)
+            print(f"evaluate: {outcome}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@ import numpy as np
 from torchvision import datasets
 
 from bench.benchmark import write_idx
+from bench.flops import classifier_step
+from mnistgen.models import JudgeConfig
 
 
 def test_conventional_baseline_reads_the_same_digits_through_torchvision(tmp_path):
@@ -47,3 +49,13 @@ def test_flop_count_follows_the_params_of_each_stage(tmp_path):
     cheap = flops_for(tmp_path, "cheap", {"train_gan": {"g_hidden": [8, 4, 4]}})
     assert cheap["train_gan"] < base["train_gan"] and cheap["sample"] < base["sample"]
     assert cheap["train_judge"] == base["train_judge"] and cheap["evaluate"] == base["evaluate"]
+
+
+def test_the_consistency_term_costs_about_a_quarter_more_per_judge_step(tmp_path):
+    config = JudgeConfig(channels=[8, 16], feature_dim=32, input_blur=1.5, pool="blur")
+    plain = classifier_step(config, 64, 2, consistency=0.0)
+    held = classifier_step(config, 64, 2, consistency=0.2)  # 64 + 16 changed copies
+    assert 1.2 * plain < held < 1.3 * plain
+    more = flops_for(tmp_path, "held", {"train_judge": {"consistency": 0.2}})
+    less = flops_for(tmp_path, "plain", {"train_judge": {"consistency": 0.0}})
+    assert more["train_judge"] > less["train_judge"] and more["evaluate"] == less["evaluate"]

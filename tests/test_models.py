@@ -1,14 +1,15 @@
 import pytest
 import torch
 
-from mnistgen.models import (Discriminator, GanConfig, Generator, InvertedConfig, InvertedGenerator,
-                             Judge, JudgeConfig, PackedGenerator, build, config_dict)
+from mnistgen.models import (BlurDown, Discriminator, GanConfig, Generator, InvertedConfig,
+                             InvertedGenerator, Judge, JudgeConfig, PackedGenerator, _downsample,
+                             build, config_dict)
 from mnistgen.runtime import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_shapes():
     x = torch.randn(5, 1, 28, 28)
-    judge = Judge(JudgeConfig(channels=[8, 16], feature_dim=32, input_blur=1.5))
+    judge = Judge(JudgeConfig(channels=[8, 16], feature_dim=32, input_blur=1.5, pool="blur"))
     assert judge(x).shape == (5, 10) and judge.embed(x).shape == (5, 32)
     cfg = GanConfig(arch="mlp", latent_dim=16, g_hidden=[32, 64], d_hidden=[64, 32], spectral_norm=True)
     G, D = Generator(cfg), Discriminator(cfg)
@@ -36,7 +37,7 @@ def test_projection_discriminator_depends_on_the_label():
 
 
 def test_checkpoint_rebuilds_the_model_from_the_file_alone(tmp_path):
-    judge = Judge(JudgeConfig(channels=[4, 8], feature_dim=16, input_blur=0.0)).eval()
+    judge = Judge(JudgeConfig(channels=[4, 8], feature_dim=16, input_blur=0.0, pool="blur")).eval()
     path = tmp_path / "judge.pt"
     save_checkpoint(path, kind="judge", models={"model": judge}, config=config_dict(judge))
     payload = load_checkpoint(path, "judge")
@@ -49,7 +50,7 @@ def test_checkpoint_rebuilds_the_model_from_the_file_alone(tmp_path):
 
 
 def test_damaged_checkpoints_are_refused(tmp_path):
-    judge = Judge(JudgeConfig(channels=[4], feature_dim=8, input_blur=0.0))
+    judge = Judge(JudgeConfig(channels=[4], feature_dim=8, input_blur=0.0, pool="max"))
     path = tmp_path / "judge.pt"
     save_checkpoint(path, kind="judge", models={"model": judge}, config=config_dict(judge))
     blob = path.read_bytes()
@@ -68,3 +69,34 @@ def test_checkpoints_never_unpickle_code(tmp_path):
     torch.save({"format": 1, "kind": "judge", "payload": object()}, path)  # arbitrary object
     with pytest.raises(CheckpointError):
         load_checkpoint(path, "judge")
+
+
+@pytest.mark.parametrize("channels", [[4], [4, 8], [4, 8, 8], [4, 8, 8, 8]])
+def test_both_poolings_halve_the_side_alike(channels):
+    x = torch.randn(3, 1, 28, 28)
+    for pool in ("max", "blur"):
+        judge = Judge(JudgeConfig(channels=channels, feature_dim=8, input_blur=0.0, pool=pool))
+        assert judge.conv(x).shape[-1] == 28 >> len(channels)
+        logits, features = judge(x, with_features=True)
+        assert logits.shape == (3, 10) and torch.equal(features, judge.embed(x))
+
+
+def test_blur_pooling_moves_less_than_max_pooling_under_a_one_pixel_shift():
+    x = torch.rand(64, 4, 28, 28, generator=torch.Generator().manual_seed(0))
+    shifted = torch.roll(x, 1, dims=3)
+    moves = {}
+    for pool in ("max", "blur"):
+        down = torch.nn.Sequential(*_downsample(pool, 4))
+        moves[pool] = ((down(shifted) - down(x)).norm() / down(x).norm()).item()
+    assert moves["blur"] < 0.7 * moves["max"], moves
+
+
+def test_blur_down_keeps_a_flat_image_flat():
+    flat = torch.full((1, 2, 7, 7), 0.3)
+    assert torch.allclose(BlurDown(2)(flat), torch.full((1, 2, 4, 4), 0.3))
+
+
+def test_a_config_from_other_code_is_a_checkpoint_error():
+    old = {"channels": [4], "feature_dim": 8, "input_blur": 0.0}  # a judge saved before `pool`
+    with pytest.raises(CheckpointError, match=r"judge config does not fit this code .*pool.*dvc repro"):
+        build("judge", old)

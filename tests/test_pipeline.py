@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from conftest import dvc, env_for, repo_section, sh, stage_runs, write_params
+from mnistgen.data import sha256_file
 
 pytestmark = pytest.mark.slow
 STAGES = ["check_params", "download", "train_judge", "train_inverted", "train_gan", "sample", "evaluate"]
@@ -124,6 +125,7 @@ def test_evaluate_run_links_what_it_scored_and_scores_land_on_training_runs(pipe
     assert parent.data.metrics["gan/frechet"] == summary["rows"]["gan"]["frechet"]
     assert evaluate.data.tags["scored.gan.run_id"] == gan.info.run_id
     assert evaluate.data.tags["scored.gan.checkpoint_sha256"] == gan.data.tags["checkpoint_sha256"]
+    assert gan.data.tags["final/judge_sha256"] == sha256_file(pipeline_repo / "models/judge.pt")
     assert gan.info.run_id in evaluate.data.tags["mlflow.note.content"]
     assert evaluate.inputs.dataset_inputs  # the data it scored against
     assert evaluate.info.end_time - evaluate.info.start_time > 1000  # open while it scores

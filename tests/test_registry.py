@@ -16,10 +16,10 @@ def store(tmp_path, monkeypatch):
     return MlflowClient(uri)
 
 
-def trained(client, experiment_id: str, sha: str, ratio: float) -> str:
-    """A finished training run that wrote checkpoint `sha`, scored `ratio` x the floor, with
-    a registered version of draw-mnist-cgan."""
-    run = client.create_run(experiment_id, tags={"checkpoint_sha256": sha})
+def trained(client, experiment_id: str, sha: str, ratio: float, judge: str = "j" * 64) -> str:
+    """A finished training run that wrote checkpoint `sha`, scored `ratio` x the floor by
+    `judge`, with a registered version of draw-mnist-cgan."""
+    run = client.create_run(experiment_id, tags={"checkpoint_sha256": sha, "final/judge_sha256": judge})
     client.log_metric(run.info.run_id, "final/frechet_x_floor", ratio)
     client.set_terminated(run.info.run_id)
     client.create_model_version("draw-mnist-cgan", source=f"runs:/{run.info.run_id}/generator",
@@ -33,16 +33,35 @@ def test_champion_moves_only_to_a_generator_that_beats_it(store):
     exp = store.create_experiment("draw-mnist")
     store.create_registered_model("draw-mnist-cgan")
     first = trained(store, exp, "a" * 64, 5.0)
-    assert "is now @champion" in promote_champion("a" * 64, registered_name="draw-mnist-cgan")
+    assert "is now @champion" in promote_champion("a" * 64, judge_sha256="j" * 64, registered_name="draw-mnist-cgan")
     assert store.get_model_version_by_alias("draw-mnist-cgan", "champion").run_id == first
     trained(store, exp, "b" * 64, 6.5)  # worse: the alias stays
-    message = promote_champion("b" * 64, registered_name="draw-mnist-cgan")
+    message = promote_champion("b" * 64, judge_sha256="j" * 64, registered_name="draw-mnist-cgan")
     assert "does not beat @champion v1 (5.00x); champion unchanged" in message
     assert store.get_model_version_by_alias("draw-mnist-cgan", "champion").run_id == first
     better = trained(store, exp, "c" * 64, 4.0)
-    assert "is now @champion (was v1)" in promote_champion("c" * 64, registered_name="draw-mnist-cgan")
+    assert "is now @champion (was v1)" in promote_champion("c" * 64, judge_sha256="j" * 64, registered_name="draw-mnist-cgan")
     assert store.get_model_version_by_alias("draw-mnist-cgan", "champion").run_id == better
-    assert "already @champion" in promote_champion("c" * 64, registered_name="draw-mnist-cgan")
+    assert "already @champion" in promote_champion("c" * 64, judge_sha256="j" * 64,
+                                                   registered_name="draw-mnist-cgan")
+
+
+def test_a_champion_scored_by_another_judge_is_not_compared(store):
+    from mnistgen.registry import promote_champion
+
+    exp = store.create_experiment("draw-mnist")
+    store.create_registered_model("draw-mnist-cgan")
+    trained(store, exp, "a" * 64, 4.0, judge="old" * 20)
+    promote_champion("a" * 64, judge_sha256="old" * 20, registered_name="draw-mnist-cgan")
+    # a worse ratio, but under a new judge: the old 4.0x is in other units
+    newer = trained(store, exp, "b" * 64, 7.7, judge="new" * 20)
+    message = promote_champion("b" * 64, judge_sha256="new" * 20, registered_name="draw-mnist-cgan")
+    assert "is now @champion (was v1, scored by another judge: not comparable)" in message
+    assert store.get_model_version_by_alias("draw-mnist-cgan", "champion").run_id == newer
+    # from then on, runs under the new judge compete as usual
+    trained(store, exp, "c" * 64, 8.0, judge="new" * 20)
+    assert "does not beat @champion v2 (7.70x)" in promote_champion(
+        "c" * 64, judge_sha256="new" * 20, registered_name="draw-mnist-cgan")
 
 
 def test_runs_go_to_one_model_training_experiment_and_old_ones_are_marked(store):

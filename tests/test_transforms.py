@@ -75,3 +75,43 @@ def test_judge_augmentation_keeps_shape_and_range_and_is_seeded():
     b = smooth_and_noise(x, smooth=0.5, noise=8.0, gen=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape == x.shape and a.min() >= -1 and a.max() <= 1
     assert not torch.equal(a, x)
+
+
+def test_harmless_copy_is_seeded_and_stays_in_range():
+    from mnistgen.classifier import harmless_copy
+
+    x = torch.as_tensor(IMAGES).reshape(-1, 1, 28, 28).float() / 127.5 - 1
+    a = harmless_copy(x, noise=8.0, gen=torch.Generator().manual_seed(1))
+    b = harmless_copy(x, noise=8.0, gen=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape and a.min() >= -1 and a.max() <= 1
+    # every image changes, but little: the ink stays (blur and resampling keep the sum)
+    assert ((a - x).abs().flatten(1).amax(1) > 0).all()
+    assert torch.allclose((a + 1).sum((1, 2, 3)), (x + 1).sum((1, 2, 3)), rtol=0.15)
+
+
+def test_feature_drift_is_zero_when_nothing_moves_and_ignores_scale():
+    from mnistgen.classifier import feature_drift
+
+    gen = torch.Generator().manual_seed(0)
+    f, g, spread = torch.randn(8, 5, generator=gen), torch.randn(8, 5, generator=gen), torch.rand(5) + 0.5
+    assert feature_drift(f, f, spread) == 0
+    assert torch.isclose(feature_drift(3 * f, 3 * g, 9 * spread), feature_drift(f, g, spread))
+
+
+def test_the_consistency_term_adds_the_drift_to_cross_entropy():
+    from torch.nn import functional as F
+
+    from mnistgen.classifier import classify_and_hold
+    from mnistgen.models import Judge, JudgeConfig
+
+    judge = Judge(JudgeConfig(channels=[4, 8], feature_dim=16, input_blur=1.5, pool="blur")).eval()
+    x = torch.as_tensor(IMAGES).reshape(-1, 1, 28, 28).float() / 127.5 - 1
+    y = torch.as_tensor(LABELS).long()
+    kwargs = dict(noise=8.0, device=torch.device("cpu"), precision="fp32")
+    plain = F.cross_entropy(judge(x), y)
+    assert torch.isclose(classify_and_hold(judge, x, y, weight=0.0, gen=torch.Generator().manual_seed(0),
+                                           **kwargs), plain)
+    held = classify_and_hold(judge, x, y, weight=1.0, gen=torch.Generator().manual_seed(0), **kwargs)
+    assert held > plain
+    held.backward()  # the drift reaches the first conv layer's weights
+    assert judge.conv[0].weight.grad.abs().sum() > 0
