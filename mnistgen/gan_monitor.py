@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from mnistgen import tracking
 from mnistgen.gan import GanParams, GanState, balanced_labels, generate
 from mnistgen.images import grid
 from mnistgen.judging import features_and_predictions, quick_score
@@ -13,11 +12,21 @@ from mnistgen.metrics import frechet_distance
 from mnistgen.progress import Progress
 
 
-class Monitor:
-    """Rank 0's view of training; build it only on rank 0."""
+def quality_keys(eval_samples: int) -> dict[str, str]:
+    """{column of plots/gan_quality.csv: MLflow metric}: the sample count is in the names,
+    since these quick scores are not evaluate's (train/frechet_2k on 2,000 digits)."""
+    n = eval_samples
+    suffix = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+    return {"accuracy": f"train/judge_accuracy_{suffix}", "frechet": f"train/frechet_{suffix}",
+            "frechet_floor": f"train/frechet_floor_{suffix}"}
 
-    def __init__(self, *, params: GanParams, judge, arrays: dict, limit: int):
-        self.p, self.judge = params, judge
+
+class Monitor:
+    """Rank 0's view of training; build it only on rank 0. `record`: the stage's
+    mnistgen.runs.Recorder."""
+
+    def __init__(self, *, params: GanParams, judge, arrays: dict, limit: int, record):
+        self.p, self.judge, self.record = params, judge, record
         self.progress = None  # made at the first step, when the total is known
         fixed = torch.Generator().manual_seed(params.seed + 2)  # the same material every run
         self.eval_labels = balanced_labels(params.eval_samples)
@@ -30,8 +39,7 @@ class Monitor:
         test_idx = torch.randperm(len(arrays["test_images"]), generator=fixed)[:params.eval_samples]
         test_features, _ = features_and_predictions(judge, arrays["test_images"][test_idx.numpy()])
         self.floor = frechet_distance(self.ref_features, test_features)
-        n = params.eval_samples  # in the metric names: these scores are not evaluate's
-        self.suffix = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+        self.keys = quality_keys(params.eval_samples)
 
     def start(self, s: GanState):
         """The untrained generator's grid at step 0: MLflow's image chart opens on step 0."""
@@ -39,7 +47,7 @@ class Monitor:
 
     def log_grid(self, s: GanState, step: int):
         picture = grid(generate(s.G_ema, self.grid_labels, self.eval_z[:100]), rows=10)
-        tracking.log_image(picture, "digits", step)
+        self.record.image(picture, "digits", step)
         return picture
 
     def __call__(self, s: GanState, step: int, total: int, loss_d: float, loss_g: float):
@@ -49,19 +57,18 @@ class Monitor:
         self.progress.update(step, loss_d=loss_d, loss_g=loss_g)
         if step % p.log_every == 0 or last:
             s.losses.append([step, round(loss_d, 6), round(loss_g, 6)])
-            tracking.log_metrics({"train/loss_d": loss_d, "train/loss_g": loss_g}, step=step)
+            self.record.metrics({"train/loss_d": loss_d, "train/loss_g": loss_g}, step=step)
         if step % p.sample_every == 0 or last:
             picture = self.log_grid(s, step)
             if last:  # rows = digits 0-9, columns = fixed noise
-                tracking.log_picture(picture, "final_digits.png")
+                self.record.picture(picture, "final_digits.png")
         if step % p.eval_every == 0 or last:
             fakes = generate(s.G_ema, self.eval_labels, self.eval_z)
             q = quick_score(self.judge, fakes, self.eval_labels.numpy(), self.ref_features)
             s.quality.append([step, step * p.batch_size, round(q["accuracy"], 5), round(q["frechet"], 4),
                               round(self.floor, 4)])
-            tracking.log_metrics({f"train/judge_accuracy_{self.suffix}": q["accuracy"],
-                                  f"train/frechet_{self.suffix}": q["frechet"],
-                                  f"train/frechet_floor_{self.suffix}": self.floor}, step=step)
+            self.record.metrics({self.keys["accuracy"]: q["accuracy"], self.keys["frechet"]: q["frechet"],
+                              self.keys["frechet_floor"]: self.floor}, step=step)
             self.progress.values.update(judge_accuracy=q["accuracy"], frechet=q["frechet"])
         if last:
             self.progress.done()

@@ -1,66 +1,59 @@
-"""Across runs: scores of evaluate put on the runs that trained the models, links between
-them, the models logged for MLflow's registry and the `champion` alias."""
+"""Across runs: the models logged for MLflow's registry (in formats that load without
+unpickling), scores put on the runs that trained the models, and the `champion` alias."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 
-from mnistgen.tracking import store_lock, tracking_uri
+REGISTERED = "draw-mnist-cgan"
+JUDGE_TAG = "final/judge_sha256"  # which judge scored a training run's final/* metrics
+SERVING_CODE = Path(__file__).with_name("serving_model.py")  # models-from-code entry point
 
 
-def find_training_run(checkpoint_sha256: str):
+def find_training_run(client, checkpoint_sha256: str):
     """The newest run (in any experiment) that wrote the checkpoint with this sha256, or None."""
-    import mlflow
+    from mlflow.entities import ViewType
 
-    mlflow.set_tracking_uri(tracking_uri())
-    runs = mlflow.search_runs(search_all_experiments=True,
-                              filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
-                              order_by=["attributes.start_time DESC"], max_results=1,
-                              output_format="list")
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    runs = client.search_runs(experiments, filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
 
-JUDGE_TAG = "final/judge_sha256"  # which judge scored a training run's final/* metrics
+def record_scores(client, run, metrics: dict, *, judge_sha256: str) -> bool:
+    """Put evaluation metrics on the run that trained the model (and on the models it
+    logged), so the UI's compare view and model page show params, curves, images and scores
+    together; tag the judge that scored them. Writes only what differs from what the run
+    already shows: False when it was all there (a rerun adds nothing)."""
+    from mlflow.entities import Metric
 
-
-def log_to_training_run(checkpoint_sha256: str, metrics: dict, *, judge_sha256: str) -> bool:
-    """Put evaluation metrics on the run that trained the model (and on the model it logged),
-    so the UI's compare view and model page show params, curves, images and scores together;
-    tag the judge that scored them. False if that run is gone."""
-    from mlflow.tracking import MlflowClient
-
-    run = find_training_run(checkpoint_sha256)
-    if run is None:
+    held = run.data.metrics
+    if run.data.tags.get(JUDGE_TAG) == judge_sha256 and all(held.get(k) == v for k, v in metrics.items()):
         return False
-    client = MlflowClient(tracking_uri())
-    outputs = getattr(run, "outputs", None)
-    model_ids = [m.model_id for m in (outputs.model_outputs if outputs else [])] or [None]
-    with store_lock(tracking_uri()):
-        client.set_tag(run.info.run_id, JUDGE_TAG, judge_sha256)
-        for key, value in metrics.items():
-            for model_id in model_ids:
-                client.log_metric(run.info.run_id, key, value, model_id=model_id)
+    model_ids = [m.model_id for m in (run.outputs.model_outputs if run.outputs else [])] or [None]
+    client.set_tag(run.info.run_id, JUDGE_TAG, judge_sha256)
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0, model_id=model_id)
+                                               for k, v in metrics.items() for model_id in model_ids])
     return True
 
 
-def link_sources(sources: dict) -> None:
-    """Tag the active (evaluate) run with the run id and checkpoint sha256 of every row it
-    scored, and write them as links in its description."""
-    import mlflow
-
-    lines = ["Scored:"]
+def link_sources(client, run, sources: dict) -> None:
+    """Tag the (evaluate) Recorder `run` with the run id and checkpoint sha256 of every row
+    it scored, and write them as links in its description."""
+    lines, tags = ["Scored:"], {}
     for name, sha in sources.items():
-        run = find_training_run(sha)
-        tags = {f"scored.{name}.checkpoint_sha256": sha}
-        if run is None:
+        found = find_training_run(client, sha)
+        tags[f"scored.{name}.checkpoint_sha256"] = sha
+        if found is None:
             lines.append(f"- {name}: checkpoint sha256 {sha[:12]} (no training run found)")
         else:
-            tags[f"scored.{name}.run_id"] = run.info.run_id
-            link = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-            lines.append(f"- {name}: [{run.info.run_name}]({link}), checkpoint sha256 {sha[:12]}")
-        mlflow.set_tags(tags)
-    mlflow.set_tag("mlflow.note.content", "\n".join(lines))
+            tags[f"scored.{name}.run_id"] = found.info.run_id
+            link = f"#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}"
+            lines.append(f"- {name}: [{found.info.run_name}]({link}), checkpoint sha256 {sha[:12]}")
+    run.tags(**tags, **{"mlflow.note.content": "\n".join(lines)})
 
 
 def metric_key(name: str) -> str:
@@ -69,7 +62,7 @@ def metric_key(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in name.replace("%", "pct"))
 
 
-def promote_champion(checkpoint_sha256: str, *, judge_sha256: str, registered_name: str,
+def promote_champion(client, checkpoint_sha256: str, *, judge_sha256: str, registered_name: str,
                      alias: str = "champion", key: str = "final/frechet_x_floor") -> str:
     """Point `alias` at the registered version trained into this checkpoint when it beats the
     current champion on `key` (lower is better), or when there is none. Scores compare only
@@ -77,10 +70,8 @@ def promote_champion(checkpoint_sha256: str, *, judge_sha256: str, registered_na
     docs/experiments.md), so a champion scored by another judge is replaced: the new version
     is the only one measured by the judge in use. Returns what it did, for the log."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri())
-    run = find_training_run(checkpoint_sha256)
+    run = find_training_run(client, checkpoint_sha256)
     versions = client.search_model_versions(f"name = '{registered_name}' and run_id = '{run.info.run_id}'")
     if not versions:
         return f"no registered version of {registered_name} from run {run.info.run_id}; {alias} unchanged"
@@ -105,43 +96,90 @@ def promote_champion(checkpoint_sha256: str, *, judge_sha256: str, registered_na
                     f"@{alias} v{current.version} ({best:.2f}x); {alias} unchanged")
         was = (f" (was v{current.version})" if same_judge or best is None else
                f" (was v{current.version}, scored by another judge: not comparable)")
-    with store_lock(tracking_uri()):
-        client.set_registered_model_alias(registered_name, alias, new.version)
+    client.set_registered_model_alias(registered_name, alias, new.version)
     return f"{registered_name} v{new.version} is now @{alias}{was}: Fréchet {score:.2f}x the floor"
 
 
-def log_model(model, *, name: str, example: np.ndarray, registered_name: str | None = None) -> None:
-    """Log a torch model with its signature and an input example; the package travels along
-    (code_paths) so the pickled model loads anywhere. Pinned requirements: no inference pass."""
-    import mlflow
-    import torch
-    from mlflow.models import infer_signature
+# ---------------------------------------------------------------- logging models
 
+
+def deliver_model(client, run_id: str, record: dict, folder: Path) -> None:
+    """An outbox `model` record: the checkpoint it kept, logged to run_id in a format that
+    loads without unpickling anything (and registered when the record says so):
+    - kind "gan": a pyfunc from code (mnistgen/serving_model.py + the checkpoint, which
+      loads with weights_only=True), taking {digit, count, seed} rows (mnistgen.serving);
+    - kind "judge" / "inverted": the torch module exported with torch.export (pt2)."""
+    from mlflow.models import Model
+
+    name, checkpoint = record["name"], folder / record["checkpoint"]
+    _drop_unfinished_models(client, run_id, name)  # a send an outage cut short
+    if record["kind"] == "gan":
+        import mlflow.pyfunc
+        import torch
+
+        from mnistgen import serving
+
+        info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                         python_model=str(SERVING_CODE), artifacts={"checkpoint": str(checkpoint)},
+                         code_paths=[str(Path(__file__).parent)], signature=serving.signature(),
+                         input_example=serving.EXAMPLE,
+                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pandas", "numpy"])
+    else:
+        info = _log_exported(run_id, name=name, kind=record["kind"], checkpoint=checkpoint)
+    if record.get("registered"):
+        register(client, record["registered"], info.model_id, run_id)
+
+
+def _log_exported(run_id: str, *, name: str, kind: str, checkpoint: Path):
+    """A judge or inverted generator rebuilt from its checkpoint, logged as torch.export's
+    pt2 (weights and graph, no pickle), with its signature and an input example."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import Model, infer_signature
+
+    from mnistgen.models import build
+    from mnistgen.runtime import load_checkpoint
+
+    payload = load_checkpoint(checkpoint, kind)
+    model = build(kind, payload["config"])
+    model.load_state_dict(payload["state"]["model"])
+    model.eval()
+    if kind == "judge":  # (N, 1, 28, 28) in [-1, 1]
+        example = np.linspace(-1, 1, 4 * 784, dtype=np.float32).reshape(4, 1, 28, 28)
+    else:  # one-hot digits (10, 10)
+        example = np.eye(10, dtype=np.float32)
     with torch.no_grad():
         output = model(torch.as_tensor(example)).numpy()
-    mlflow.pytorch.log_model(
-        model, name=name, serialization_format="pickle",
-        signature=infer_signature(example, output), input_example=example,
-        code_paths=[str(Path(__file__).parent)], pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        registered_model_name=registered_name)
+    return Model.log(artifact_path=None, name=name, flavor=mlflow.pytorch, run_id=run_id,
+                     pytorch_model=model, serialization_format="pt2",
+                     signature=infer_signature(example, output), input_example=example,
+                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 
-def log_digit_model(checkpoint: Path, *, name: str, registered_name: str) -> None:
-    """Log the GAN as a pyfunc that takes {"digit", "count", "seed"} rows (mnistgen.serving),
-    register it, and describe the registered model and this version."""
-    import mlflow
-    import torch
+def _drop_unfinished_models(client, run_id: str, name: str) -> None:
+    """Logged models of this run and name that never became READY (an upload cut short)."""
+    run = client.get_run(run_id)
+    for model in client.search_logged_models([run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run_id}'"):
+        if model.name == name and str(model.status) != "READY":
+            client.delete_logged_model(model.model_id)
+
+
+def register(client, registered_name: str, model_id: str, run_id: str) -> str:
+    """A new version of `registered_name` from the logged model (the registered model made
+    and described if new); both descriptions say where they come from. -> the version."""
+    from mlflow.exceptions import MlflowException
 
     from mnistgen import serving
 
-    info = mlflow.pyfunc.log_model(
-        name=name, python_model=serving.DigitDrawer(), artifacts={"checkpoint": str(checkpoint)},
-        code_paths=[str(Path(__file__).parent)], signature=serving.signature(),
-        input_example=serving.EXAMPLE, registered_model_name=registered_name,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pandas", "numpy"])
-    client = mlflow.tracking.MlflowClient()
-    client.update_registered_model(registered_name, description=serving.DESCRIPTION)
-    if info.registered_model_version is not None:
-        run = mlflow.active_run()
-        client.update_model_version(registered_name, str(info.registered_model_version),
-                                    description=f"from run '{run.info.run_name}' ({run.info.run_id})")
+    try:
+        client.create_registered_model(registered_name, description=serving.DESCRIPTION)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = client.create_model_version(registered_name, source=f"models:/{model_id}",
+                                          run_id=run_id, model_id=model_id)
+    run = client.get_run(run_id)
+    client.update_model_version(registered_name, version.version,
+                                description=f"from run '{run.info.run_name}' ({run_id})")
+    return version.version

@@ -112,6 +112,25 @@ def calibrate(*, images, labels, judge, ref_features, k: int) -> dict:
             for name, (kind, change) in CALIBRATION.items()}
 
 
+def score_metrics(rows: dict) -> dict:
+    """MLflow metrics of every row of a summary: `<row>/<metric>` and `<row>/frechet_x_floor`
+    (what evaluate's run and the pipeline run show)."""
+    floor = rows[REAL]["frechet"]
+    scores = {}
+    for name, row in rows.items():
+        scores |= {f"{name}/{k}": v for k, v in row.items()}
+        scores[f"{name}/frechet_x_floor"] = row["frechet"] / floor
+    return scores
+
+
+def final_metrics(rows: dict, name: str) -> dict:
+    """`final/*` metrics of one generator's row, with the real-vs-real floor beside them
+    (what its training run and logged model show)."""
+    floor = rows[REAL]["frechet"]
+    return {**{f"final/{k}": v for k, v in rows[name].items()}, "final/frechet_floor": floor,
+            "final/frechet_x_floor": rows[name]["frechet"] / floor}
+
+
 def rounded(obj, digits=5):
     if isinstance(obj, dict):
         return {k: rounded(v, digits) for k, v in obj.items()}

@@ -11,7 +11,7 @@ from mnistgen.inverted import InvertedParams
 from mnistgen.params import SECTIONS, ParamsError, parse_section, read_params
 from mnistgen.sampling import SampleParams
 from mnistgen.scoring import EvaluateParams
-from mnistgen.tracking import TrackingParams
+from mnistgen.runs import TrackingParams
 
 SCHEMAS = {"download": DownloadParams, "train_judge": JudgeParams, "train_inverted": InvertedParams,
            "train_gan": GanParams, "sample": SampleParams, "evaluate": EvaluateParams,

@@ -11,7 +11,7 @@ import time
 from mnistgen.data import DataError
 from mnistgen.params import ParamsError
 from mnistgen.runtime import CheckpointError, Interrupted, TrainingError
-from mnistgen.tracking import TrackingError, tracking_uri
+from mnistgen.store import TrackingError, store_full, tracking_uri
 
 KNOWN_ERRORS = (ParamsError, DataError, CheckpointError, TrackingError, TrainingError)
 
@@ -40,16 +40,6 @@ def resources() -> tuple[float, float]:
     except ImportError:  # Windows: psutil's peak working set
         peak_mb = getattr(me.memory_info(), "peak_wset", me.memory_info().rss) / 2 ** 20
     return time.time() - me.create_time(), peak_mb
-
-
-def store_full(err: BaseException) -> bool:
-    """Whether SQLite (under MLflow and SQLAlchemy, which wrap it twice) ran out of disk."""
-    while err is not None:
-        if "database or disk is full" in str(err) or (isinstance(err, OSError)
-                                                      and err.errno in FULL_OR_READ_ONLY):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
 
 
 def outputs_note(stage: str, dvc_removes_outputs: bool) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mnistgen import distributed, registry, tracking
+from mnistgen import distributed, registry, runs, store
 from mnistgen.data import load_arrays, sha256_file
 from mnistgen.gan import GanParams, GanState, save_model, train_loop, try_resume
 from mnistgen.gan_monitor import Monitor
@@ -32,7 +32,7 @@ from mnistgen.stage import parse_args, run
 def main(argv=None):
     args = parse_args(__doc__, ["data", "judge", "model", "losses", "quality", "resume"], argv)
     params = load_section(args.params, "train_gan", GanParams)
-    settings = load_section(args.params, "tracking", tracking.TrackingParams)
+    settings = load_section(args.params, "tracking", runs.TrackingParams)
     device, _ = prepare(params)
     world, device = distributed.start(device)
     arrays = load_arrays(args.data)
@@ -42,21 +42,22 @@ def main(argv=None):
     params.check_world(len(images), world)
     judge = load_judge(Path(args.judge), device)
     if world.is_main:
-        tracking.check_store(tracking.tracking_uri())  # before any training: fail fast
+        store.check_store(store.tracking_uri())  # before any training: fail fast
 
     state, digest, resume = GanState(params, device, world), params.digest(), Path(args.resume)
     resumed = try_resume(state, resume, digest)
-    monitor = Monitor(params=params, judge=judge, arrays=arrays, limit=limit) if world.is_main else None
-    run_ = (tracking.start_run(stage="train_gan", params=asdict(params), run_id=state.run_id,
-                               settings=settings)
+    run_ = (runs.start_run(stage="train_gan", params=asdict(params), run_id=state.run_id,
+                           settings=settings)
             if world.is_main else contextlib.nullcontext())
-    with run_ as active:
+    with run_ as record:
+        monitor = None
         if world.is_main:
-            state.run_id = active.info.run_id
-            tracking.tag_run(resumed_from_step=str(state.step) if resumed else None,
-                             world_size=str(world.size), precision=state.precision)
+            state.run_id = record.run_id
+            monitor = Monitor(params=params, judge=judge, arrays=arrays, limit=limit, record=record)
+            record.tags(resumed_from_step=state.step if resumed else None, world_size=world.size,
+                     precision=state.precision)
             if not resumed:
-                tracking.log_mnist_input(Path(args.data))
+                record.dataset(Path(args.data))
                 monitor.start(state)
         train_loop(state, images=images, labels=labels, p=params, world=world, after_step=monitor,
                    save_resume=lambda s: s.save(resume, digest))
@@ -65,8 +66,9 @@ def main(argv=None):
             write_csv(Path(args.losses), ["step", "loss_d", "loss_g"], state.losses)
             write_csv(Path(args.quality), ["step", "images_seen", "accuracy", "frechet", "frechet_floor"],
                       state.quality)
-            tracking.tag_run(checkpoint_sha256=sha256_file(Path(args.model)))
-            registry.log_digit_model(Path(args.model), name="generator", registered_name="draw-mnist-cgan")
+            record.tags(checkpoint_sha256=sha256_file(Path(args.model)))
+            record.model(kind="gan", checkpoint=Path(args.model), name="generator",
+                      registered=registry.REGISTERED)
     world.barrier()
     distributed.shutdown()
     if world.is_main:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from mnistgen import registry, tracking
+from mnistgen import runs, store
 from mnistgen.data import load_arrays, sha256_file
-from mnistgen.inverted import InvertedParams, curves_table, digits_picture, onehot, train_inverted
+from mnistgen.inverted import InvertedParams, curves_table, digits_picture, train_inverted
 from mnistgen.models import InvertedConfig, InvertedGenerator, config_dict
 from mnistgen.params import load_section
 from mnistgen.progress import Progress
@@ -25,35 +25,34 @@ from mnistgen.stage import parse_args, run
 def main(argv=None):
     args = parse_args(__doc__, ["data", "models", "plots"], argv)
     params = load_section(args.params, "train_inverted", InvertedParams)
-    settings = load_section(args.params, "tracking", tracking.TrackingParams)
+    settings = load_section(args.params, "tracking", runs.TrackingParams)
     device, _ = prepare(params)  # params.yaml says cpu: a 10x784 model runs best there
     arrays = load_arrays(args.data)
     images = (torch.as_tensor(arrays["train_images"]).float() / 255.0).to(device)  # (60000, 784) in [0, 1]
     labels = torch.as_tensor(arrays["train_labels"]).long().to(device)
-    tracking.check_store(tracking.tracking_uri())  # before any output is touched
+    store.check_store(store.tracking_uri())  # before any output is touched
     curves = {}
     with staged(Path(args.models)) as staging:
         for variant in params.variants:
             set_seed(params.seed)
             model = InvertedGenerator(InvertedConfig(output=variant)).to(device)
             run_params = {**asdict(params), "variant": variant}
-            with tracking.start_run(stage="train_inverted", params=asdict(params), variant=variant,
-                                    settings=settings):
-                tracking.log_mnist_input(Path(args.data))
+            with runs.start_run(stage="train_inverted", params=asdict(params), variant=variant,
+                                settings=settings) as record:
+                record.dataset(Path(args.data))
                 progress = Progress("train_inverted", total=params.steps, per_step=params.batch_size)
                 history = train_inverted(
                     model=model, images=images, labels=labels, lr=params.lr,
                     batch_size=params.batch_size, steps=params.steps, seed=params.seed,
                     log_every=params.log_every, grid_every=params.grid_every,
-                    on_log=tracking.metric_logger("loss_per_image", progress),
-                    on_grid=lambda s, m=model: tracking.log_image(digits_picture(m), "digits", s))
+                    on_log=record.metric_logger("loss_per_image", progress),
+                    on_grid=lambda s, m=model: record.image(digits_picture(m), "digits", s))
                 path = staging / f"{variant}.pt"
                 save_checkpoint(path, kind="inverted", models={"model": model.cpu()},
                                 config=config_dict(model), extra={"params": run_params})
-                tracking.tag_run(checkpoint_sha256=sha256_file(path))
-                registry.log_model(model.eval(), name=f"inverted_{variant}",
-                                   example=onehot(torch.arange(10)).numpy())
-                tracking.log_picture(digits_picture(model), "final_digits.png")
+                record.tags(checkpoint_sha256=sha256_file(path))
+                record.model(kind="inverted", checkpoint=path, name=f"inverted_{variant}")
+                record.picture(digits_picture(model), "final_digits.png")
             progress.done(params.steps)
             curves[variant] = dict(history)
             print(f"train_inverted: {variant}: final loss per image {history[-1][1]:.4f}")

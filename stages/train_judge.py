@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from mnistgen import distributed, registry, tracking
+from mnistgen import distributed, runs, store
 from mnistgen.classifier import JudgeParams, accuracy, train_judge
-from mnistgen.data import load_arrays
+from mnistgen.data import load_arrays, sha256_file
 from mnistgen.images import to_model_input
 from mnistgen.models import config_dict
 from mnistgen.params import load_section
@@ -26,12 +26,12 @@ from mnistgen.stage import parse_args, run
 def main(argv=None):
     args = parse_args(__doc__, ["data", "model", "metrics"], argv)
     params = load_section(args.params, "train_judge", JudgeParams)
-    settings = load_section(args.params, "tracking", tracking.TrackingParams)
+    settings = load_section(args.params, "tracking", runs.TrackingParams)
     device, threads = prepare(params)
     world, device = distributed.start(device)
     precision = resolve_precision(params.precision, device)
     if world.is_main:
-        tracking.check_store(tracking.tracking_uri())  # before any work: fail fast
+        store.check_store(store.tracking_uri())  # before any work: fail fast
     arrays = load_arrays(args.data)
     limit = params.train_limit or len(arrays["train_images"])
     train_x = to_model_input(arrays["train_images"][:limit])  # (N, 1, 28, 28) in [-1, 1]
@@ -42,21 +42,23 @@ def main(argv=None):
         train_judge(**fit)
         distributed.shutdown()
         return
-    with tracking.start_run(stage="train_judge", params=asdict(params), settings=settings):
-        tracking.tag_run(world_size=str(world.size), precision=precision)
+    with runs.start_run(stage="train_judge", params=asdict(params), settings=settings) as record:
+        record.tags(world_size=world.size, precision=precision)
         progress = Progress("train_judge", total=params.steps(len(train_x)), per_step=params.batch_size)
         start = time.perf_counter()
-        model, steps = train_judge(**fit, on_log=tracking.metric_logger("loss", progress))
+        model, steps = train_judge(**fit, on_log=record.metric_logger("loss", progress))
         seconds = time.perf_counter() - start
         test_x = to_model_input(arrays["test_images"])
         test_acc = accuracy(model, test_x, torch.as_tensor(arrays["test_labels"]).long(), device)
         progress.done(steps, test_accuracy=test_acc)
         save_checkpoint(Path(args.model), kind="judge", models={"model": model.cpu()},
                         config=config_dict(model), extra={"params": asdict(params)})
-        write_json(Path(args.metrics), {"test_accuracy": round(test_acc, 5)})
-        tracking.log_mnist_input(Path(args.data))
-        tracking.log_metrics({"final/test_accuracy": test_acc, "final/train_seconds": seconds})
-        registry.log_model(model.eval(), name="judge", example=test_x[:4].numpy())
+        test_acc = round(test_acc, 5)  # what metrics/judge.json says, in the store too
+        write_json(Path(args.metrics), {"test_accuracy": test_acc})
+        record.dataset(Path(args.data))
+        record.metrics({"final/test_accuracy": test_acc, "final/train_seconds": seconds})
+        record.tags(checkpoint_sha256=sha256_file(Path(args.model)))
+        record.model(kind="judge", checkpoint=Path(args.model), name="judge")
     distributed.shutdown()
     print(f"train_judge: test accuracy {test_acc:.4f} in {seconds:.1f} s "
           f"({steps * params.batch_size / seconds:.1f} images/s, {threads} threads, {precision})")

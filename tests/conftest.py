@@ -1,4 +1,9 @@
-"""Shared fixtures: a shrunken copy of the project in a temporary git + DVC repository."""
+"""Shared fixtures: a shrunken copy of the project in a temporary git + DVC repository.
+
+`built_pipeline` runs the shrunken pipeline once per test session (once in all, when
+pytest-xdist runs tests in several processes) and is only read by the tests that get it;
+a test that changes a repository takes `pipeline_copy`, a copy of its own.
+"""
 from __future__ import annotations
 
 import os
@@ -23,7 +28,7 @@ SHRUNK = {
                   "eval_every": 5, "eval_samples": 100, "checkpoint_every": 4},
     "sample": {"per_class": 30},
     "evaluate": {"per_class": 20, "cas_epochs": 1, "cas_batch_size": 50, "cas_channels": [8]},
-    "tracking": {"system_metrics_every": 1},  # short runs: sample often enough to see some
+    "tracking": {"system_metrics_every": 1, "outage_wait": 30},  # short runs: sample often
 }
 
 
@@ -59,19 +64,23 @@ def env_for(repo: Path) -> dict:
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml = this venv's
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.com"
+    # two processes share 2 cores when tests run in parallel: threads that wait sleep
+    # instead of spinning (../shared/NOTES.md: 1.70 s -> 0.065 s a GAN step)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
-def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=repo, env=env_for(repo), capture_output=True, text=True)
+def sh(repo: Path, *cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=repo, env={**env_for(repo), **(env or {})}, capture_output=True,
+                            text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n"
                              f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 
-def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return sh(repo, str(BIN / "dvc"), *args, check=check)
+def dvc(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    return sh(repo, str(BIN / "dvc"), *args, check=check, env=env)
 
 
 def make_repo(path: Path, params: dict) -> Path:
@@ -92,20 +101,62 @@ def make_repo(path: Path, params: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory) -> Path:
-    """A shrunken project after one full `dvc repro` (download included)."""
-    repo = make_repo(tmp_path_factory.mktemp("project") / "repo", shrunk_params())
-    result = dvc(repo, "repro")
-    repo.joinpath("first_repro.log").write_text(result.stdout + result.stderr)
-    shutil.copy(repo / "dvc.lock", repo / "first_dvc.lock")  # run A of the run-cache test
-    return repo
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder all pytest-xdist workers of this session share (the session's own folder
+    when tests run in one process)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def built_pipeline(tmp_path_factory) -> Path:
+    """A shrunken project after one full `dvc repro` (download included), its results
+    committed and pushed to a local DVC remote (`remote/` beside it). Read it only."""
+    from filelock import FileLock
+
+    home = shared_dir(tmp_path_factory) / "built"
+    home.mkdir(exist_ok=True)
+    with FileLock(str(home) + ".lock"):
+        if not (home / "done").exists():
+            repo = make_repo(home / "repo", shrunk_params())
+            result = dvc(repo, "repro")
+            (home / "first_repro.log").write_text(result.stdout + result.stderr)
+            shutil.copy(repo / "dvc.lock", home / "first_dvc.lock")  # run A of the run-cache test
+            dvc(repo, "remote", "add", "-d", "local", str(home / "remote"))
+            dvc(repo, "push", "-q")
+            sh(repo, "git", "add", "-A")
+            sh(repo, "git", "commit", "-qm", "results")
+            (home / "done").write_text("ok")
+    return home / "repo"
+
+
+def copy_repo(source: Path, target: Path) -> Path:
+    """A copy of a test repository (git, DVC cache, outputs, MLflow store): the first run in
+    it points mlflow.db's artifact folders at the copy's own mlruns/."""
+    shutil.copytree(source, target, symlinks=True)
+    return target
+
+
+@pytest.fixture
+def pipeline_copy(built_pipeline, tmp_path) -> Path:
+    """A private copy of the built pipeline, for a test that changes it."""
+    return copy_repo(built_pipeline, tmp_path / "repo")
+
+
+def first_repro_log(repo: Path) -> str:
+    return (repo.parent / "first_repro.log").read_text()
 
 
 def stage_runs(client, stage: str, filter_string: str = "") -> list:
     """The MLflow runs of one stage (all stages log to the one `draw-mnist` experiment)."""
-    from mnistgen.tracking import EXPERIMENT
+    from mnistgen.store import EXPERIMENT
 
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     where = f"tags.dvc_stage = '{stage}'" + (f" and {filter_string}" if filter_string else "")
     return client.search_runs([exp_id], filter_string=where)
+
+
+def store_client(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")

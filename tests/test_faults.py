@@ -118,17 +118,17 @@ def test_runs_whose_process_died_are_marked_failed_on_the_next_start(tmp_path, m
 
     from mlflow.tracking import MlflowClient
 
-    from mnistgen import tracking
+    from mnistgen import store
 
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("draw-mnist/train_gan")
-    me = tracking.process_tags()
+    me = store.process_tags()
     dead = client.create_run(exp, tags={**me, "mnistgen.pid_started": "1.00"}).info.run_id  # pid reused
     alive = client.create_run(exp, tags=me).info.run_id
     elsewhere = client.create_run(exp, tags={**me, "mnistgen.host": "another-machine",
                                              "mnistgen.pid_started": "1.00"}).info.run_id
-    assert tracking.close_orphaned_runs(client, exp) == [dead]
+    assert store.close_orphaned_runs(client, exp) == [dead]
     assert client.get_run(dead).info.status == "FAILED"
     assert "ended without closing the run" in client.get_run(dead).data.tags["error"]
     assert {client.get_run(r).info.status for r in (alive, elsewhere)} == {"RUNNING"}
@@ -142,7 +142,7 @@ def test_a_copied_repository_writes_artifacts_into_its_own_mlruns(tmp_path, monk
 
     from mlflow.tracking import MlflowClient
 
-    from mnistgen import tracking
+    from mnistgen import store
 
     original, copy = tmp_path / "original", tmp_path / "copy"
     original.mkdir()
@@ -155,8 +155,8 @@ def test_a_copied_repository_writes_artifacts_into_its_own_mlruns(tmp_path, monk
     shutil.copytree(original, copy)
     before = sorted(p.relative_to(original) for p in (original / "mlruns").rglob("*"))
 
-    assert tracking.reroot_artifacts(copy / "mlflow.db", copy) == str(original)
-    assert tracking.reroot_artifacts(copy / "mlflow.db", copy) is None  # once is enough
+    assert store.reroot_artifacts(copy / "mlflow.db", copy) == str(original)
+    assert store.reroot_artifacts(copy / "mlflow.db", copy) is None  # once is enough
     monkeypatch.chdir(copy)
     from mlflow.tracking._tracking_service import utils
     utils._artifact_repos_cache.clear()  # per process: a new stage process starts without it

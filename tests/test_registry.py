@@ -2,6 +2,10 @@
 stage runs nest under their dvc invocation's parent run."""
 import pytest
 
+from mnistgen.runs import TrackingParams
+
+QUIET = TrackingParams(system_metrics=False, system_metrics_every=10, outage_wait=5)
+
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
@@ -28,7 +32,10 @@ def trained(client, experiment_id: str, sha: str, ratio: float, judge: str = "j"
 
 
 def test_champion_moves_only_to_a_generator_that_beats_it(store):
-    from mnistgen.registry import promote_champion
+    from mnistgen.registry import promote_champion as promote
+
+    def promote_champion(*args, **kwargs):
+        return promote(store, *args, **kwargs)
 
     exp = store.create_experiment("draw-mnist")
     store.create_registered_model("draw-mnist-cgan")
@@ -47,7 +54,10 @@ def test_champion_moves_only_to_a_generator_that_beats_it(store):
 
 
 def test_a_champion_scored_by_another_judge_is_not_compared(store):
-    from mnistgen.registry import promote_champion
+    from mnistgen.registry import promote_champion as promote
+
+    def promote_champion(*args, **kwargs):
+        return promote(store, *args, **kwargs)
 
     exp = store.create_experiment("draw-mnist")
     store.create_registered_model("draw-mnist-cgan")
@@ -65,30 +75,30 @@ def test_a_champion_scored_by_another_judge_is_not_compared(store):
 
 
 def test_runs_go_to_one_model_training_experiment_and_old_ones_are_marked(store):
-    from mnistgen import tracking
+    from mnistgen import runs
 
     old = store.create_experiment("draw-mnist/train_gan")  # an earlier version's layout
-    with tracking.start_run(stage="train_gan", params={"lr_g": 0.0004}) as run:
+    with runs.start_run(stage="train_gan", params={"lr_g": 0.0004}, settings=QUIET) as run:
         pass
-    exp = store.get_experiment(run.info.experiment_id)
+    exp = store.get_experiment(store.get_run(run.run_id).info.experiment_id)
     assert exp.name == "draw-mnist"
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert store.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
-    finished = store.get_run(run.info.run_id)
+    finished = store.get_run(run.run_id)
     assert finished.info.run_name.startswith("train_gan #") and finished.info.status == "FINISHED"
     # run by hand, not by dvc: no parent run
     assert "mlflow.parentRunId" not in finished.data.tags
 
 
 def test_stage_runs_of_one_dvc_invocation_share_a_parent(store, monkeypatch, tmp_path):
-    from mnistgen import tracking
+    from mnistgen import runs as records
 
     (tmp_path / "params.yaml").write_text("train_gan:\n  lr_g: 0.0004\n")
-    monkeypatch.setattr(tracking, "dvc_invocation", lambda: ("host:123:1.00", "dvc repro"))
+    monkeypatch.setattr(records, "dvc_invocation", lambda: ("host:123:1.00", "dvc repro"))
     ids = []
     for stage in ("train_gan", "evaluate"):
-        with tracking.start_run(stage=stage, params={"seed": 0}) as run:
-            ids.append(run.info.run_id)
+        with records.start_run(stage=stage, params={"seed": 0}, settings=QUIET) as run:
+            ids.append(run.run_id)
     runs = [store.get_run(i) for i in ids]
     parent = store.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert runs[1].data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -96,44 +106,40 @@ def test_stage_runs_of_one_dvc_invocation_share_a_parent(store, monkeypatch, tmp
     assert parent.data.params["train_gan.lr_g"] == "0.0004"
     assert parent.info.end_time >= runs[1].info.end_time  # it spans its stages
     # another dvc process: another parent
-    monkeypatch.setattr(tracking, "dvc_invocation", lambda: ("host:456:2.00", "dvc exp run"))
-    with tracking.start_run(stage="train_gan", params={"seed": 0}) as run:
+    monkeypatch.setattr(records, "dvc_invocation", lambda: ("host:456:2.00", "dvc exp run"))
+    with records.start_run(stage="train_gan", params={"seed": 0}, settings=QUIET) as run:
         pass
-    assert store.get_run(run.info.run_id).data.tags["mlflow.parentRunId"] != parent.info.run_id
+    assert store.get_run(run.run_id).data.tags["mlflow.parentRunId"] != parent.info.run_id
 
 
-def champion_of_this_repository():
-    """The repository's own `models:/draw-mnist-cgan@champion`, or a reason to skip."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+def test_after_make_repro_the_store_shows_the_current_gan_and_its_champion_draws_sevens():
+    """After `make repro` in this repository (the test skips before it: no models/gan.pt),
+    the store shows evaluate's scores on the run that trained models/gan.pt, and
+    `models:/draw-mnist-cgan@champion` (the README's snippet), asked for sevens, draws sevens."""
+    import json
+    import os
 
-    from conftest import ROOT
-
-    if not (ROOT / "mlflow.db").is_file() or not (ROOT / "models/judge.pt").is_file():
-        return None, "needs this repository's pipeline run (`make repro`)"
-    client = MlflowClient(f"sqlite:///{ROOT / 'mlflow.db'}")
-    try:
-        client.get_model_version_by_alias("draw-mnist-cgan", "champion")
-    except MlflowException:
-        return None, "this repository's store has no draw-mnist-cgan@champion yet"
-    return ROOT, None
-
-
-def test_the_champion_draws_a_seven_the_judge_reads_as_seven():
-    """After `make repro`: the registered model, asked for sevens, draws sevens."""
     import mlflow
     import pandas as pd
     import torch
+    from mlflow.tracking import MlflowClient
 
+    from conftest import ROOT
+    from mnistgen.data import sha256_file
     from mnistgen.judging import features_and_predictions, load_judge
+    from mnistgen.registry import find_training_run
 
-    root, reason = champion_of_this_repository()
-    if root is None:
-        pytest.skip(reason)
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    if not (ROOT / "models/gan.pt").is_file():
+        pytest.skip("needs this repository's pipeline run (`make repro`): no models/gan.pt yet")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+    run = find_training_run(MlflowClient(uri), sha256_file(ROOT / "models/gan.pt"))
+    assert run is not None, f"no run in {uri} wrote models/gan.pt; `dvc repro` records it"
+    row = json.loads((ROOT / "metrics/evaluate.json").read_text())["rows"]["gan"]
+    assert {k: run.data.metrics.get(f"final/{k}") for k in row} == row
+    mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/draw-mnist-cgan@champion")
     sevens = model.predict(pd.DataFrame([{"digit": 7, "count": 32, "seed": 0}]))
-    judge = load_judge(root / "models/judge.pt", torch.device("cpu"))
+    judge = load_judge(ROOT / "models/judge.pt", torch.device("cpu"))
     _, predictions = features_and_predictions(judge, sevens.reshape(-1, 784))
     assert (predictions == 7).mean() >= 0.9, predictions
 
@@ -143,8 +149,8 @@ def test_make_ui_prints_the_runs_table_in_the_model_training_view():
     parameter `workflowType`) says model training; the tag is for UIs that read it. Seen in
     headless Chromium (`make ui-check`): with the parameter the experiment opens on Runs."""
     from conftest import ROOT
-    from mnistgen import tracking
+    from mnistgen import store
 
-    assert tracking.ui_path("7") == "#/experiments/7/runs?workflowType=machine_learning"
-    assert tracking.ui_path(None) == "#/experiments?workflowType=machine_learning"
+    assert store.ui_path("7") == "#/experiments/7/runs?workflowType=machine_learning"
+    assert store.ui_path(None) == "#/experiments?workflowType=machine_learning"
     assert "tools/ui.py" in (ROOT / "Makefile").read_text().split("\nui:")[1].split("\n\n")[0]

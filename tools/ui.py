@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mnistgen.tracking import EXPERIMENT, check_store, tracking_uri, ui_path  # noqa: E402
+from mnistgen.store import EXPERIMENT, check_store, tracking_uri, ui_path  # noqa: E402
 
 
 def experiment_id(uri: str) -> str | None:
