@@ -11,6 +11,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch.nn import functional as F
 
+from mnistgen.data import training_images
 from mnistgen.distributed import World
 from mnistgen.models import Judge, JudgeConfig
 from mnistgen.params import ParamsError, RunParams, field, precision_field
@@ -40,6 +41,7 @@ class JudgeParams(RunParams):
         super().check(section)
         if not 1 <= len(self.channels) <= 4:
             raise ParamsError(f"{section}.channels: expected 1 to 4 conv stages, got {self.channels}")
+        self.check_batch(section, self.batch_size, training_images(self.train_limit))
 
     def model_config(self) -> JudgeConfig:
         return JudgeConfig(channels=list(self.channels), feature_dim=self.feature_dim,

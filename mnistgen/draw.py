@@ -5,8 +5,10 @@ Usage: python -m mnistgen.draw 7 3 [--count 8] [--seed 0] [--out digits.png]
 
 Each row holds `count` samples of one digit, drawn from noise seeded by `seed` (the same
 numbers give the same picture; the registered MLflow model draws the same digits for the
-same {"digit", "count", "seed"} request). --interpolate walks the noise along a great
-circle between two random points instead, so a row shows one digit morphing in style.
+same {"digit", "count", "seed"} request, under the same limits). --interpolate walks the
+noise along a great circle between two random points instead, so a row shows one digit
+morphing in style. Like `curl -o` and ImageMagick, it writes into a folder that exists and
+creates none; every mistake is one line and exit code 2 (arguments) or 1 (the output).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnistgen.data import DataError
 from mnistgen.gan import generate
-from mnistgen.generators import MAX_COUNT, draw, load_gan
+from mnistgen.generators import MAX_COUNT, MAX_SEED, MAX_TOTAL, draw, load_gan
 from mnistgen.images import grid, save_png
 from mnistgen.stage import run
 
@@ -48,33 +51,57 @@ def picture(drawer, *, digits: list[int], count: int, seed: int, walk: bool) -> 
     return grid(np.concatenate(rows), rows=len(digits))
 
 
+def whole(text: str, lo: int, hi: int, what: str) -> int:
+    """argparse type: a whole number lo..hi, the served model's rule."""
+    if not text.isdigit() or not lo <= int(text) <= hi:
+        raise argparse.ArgumentTypeError(f"{what} is a whole number {lo}-{hi}, got {text!r}")
+    return int(text)
+
+
 def digit_arg(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 9:
         raise argparse.ArgumentTypeError(f"a digit is 0-9, got {text!r}")
     return int(text)
 
 
-def count_arg(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"count is 1-{MAX_COUNT}, got {text!r}")
-    return int(text)
+class OneLineParser(argparse.ArgumentParser):
+    """A mistake in the arguments: one line (no usage block), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def check_out(path: Path) -> None:
+    """Refuse, before any work, an --out that cannot be written."""
+    if path.is_dir():
+        raise DataError(f"--out {path} is a folder; name a .png file in it")
+    if not path.parent.is_dir():
+        raise DataError(f"--out {path}: folder {path.parent} does not exist (draw creates no folders)")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="draw", description=__doc__.splitlines()[0])
     parser.add_argument("digits", type=digit_arg, nargs="+", help="digits to draw, 0-9")
-    parser.add_argument("--count", type=count_arg, default=8, help="images per digit")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    parser.add_argument("--count", type=lambda t: whole(t, 1, MAX_COUNT, "count"), default=8,
+                        help=f"images per digit, 1-{MAX_COUNT}")
+    parser.add_argument("--seed", type=lambda t: whole(t, 0, MAX_SEED, "seed"), default=0,
+                        help=f"noise seed, 0-{MAX_SEED}")
     parser.add_argument("--out", type=Path, default=Path("digits.png"))
     parser.add_argument("--model", type=Path, default=Path("models/gan.pt"))
     parser.add_argument("--interpolate", action="store_true", help="a latent walk per row")
     args = parser.parse_args(argv)
+    if len(args.digits) * args.count > MAX_TOTAL:
+        parser.error(f"{len(args.digits)} digits x {args.count} is more than {MAX_TOTAL:,} images")
+    check_out(args.out)
     drawer = load_gan(args.model)
     image = picture(drawer, digits=args.digits, count=args.count, seed=args.seed, walk=args.interpolate)
-    save_png(image, args.out)
+    try:
+        save_png(image, args.out)
+    except OSError as err:  # no permission, a read-only or full disk, a name too long
+        raise DataError(f"cannot write --out {args.out}: {err.strerror or err}") from err
     print(f"draw: {len(args.digits)} x {args.count} digits "
           f"({'latent walk' if args.interpolate else 'samples'}, seed {args.seed}) -> {args.out}")
 
 
 if __name__ == "__main__":
-    sys.exit(run("draw", main, dvc_removes_outputs=False))
+    sys.exit(run("draw", main, command=True))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mnistgen.data import training_images
 from mnistgen.distributed import World
 from mnistgen.images import to_uint8
 from mnistgen.models import Discriminator, GanConfig, Generator
@@ -69,12 +70,10 @@ class GanParams(RunParams):
         if self.mode_seeking and self.batch_size % 2:
             raise ParamsError(f"{section}.batch_size: mode_seeking pairs up samples; use an even "
                               f"batch (got {self.batch_size})")
+        self.check_batch(section, self.batch_size, training_images(self.train_limit))
 
-    def check_world(self, n_images: int, world: World) -> None:
-        """What can only be checked once the data and the process count are known."""
-        if self.batch_size > n_images:
-            raise ParamsError(f"train_gan.batch_size {self.batch_size} is larger than the "
-                              f"{n_images} training images")
+    def check_world(self, world: World) -> None:
+        """What only the stage knows: how many processes share a batch (under torchrun)."""
         if self.batch_size % world.size:
             raise ParamsError(f"train_gan.batch_size {self.batch_size} must divide evenly among "
                               f"{world.size} processes")
@@ -279,7 +278,8 @@ def try_resume(state: GanState, path: Path, digest: str) -> bool:
         path.replace(path.with_name(path.name + ".corrupt"))
         return False
     if payload["config"].get("digest") != digest:
-        print("train_gan: resume file is for other params; starting over", file=sys.stderr)
+        path.unlink()  # stale: its 17 MB would wait until this run wrote its own
+        print("train_gan: resume file is for other params: removed; starting over", file=sys.stderr)
         return False
     state.load(payload)
     print(f"train_gan: resuming from step {state.step}", file=sys.stderr)

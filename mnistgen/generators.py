@@ -13,7 +13,10 @@ from mnistgen.models import build
 from mnistgen.runtime import fast_layout, load_checkpoint
 
 
-MAX_COUNT = 1000  # images per request (python -m mnistgen.draw, the served model)
+# the same limits for `python -m mnistgen.draw` and the served model
+MAX_COUNT = 1000  # images of one digit (one row of a request)
+MAX_TOTAL = 10_000  # images of one request: 7.8 MB of pixels, a few seconds of work
+MAX_SEED = 2**31 - 1  # noise seeds 0..MAX_SEED
 
 
 def draw(drawer, *, digit: int, count: int, seed: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mnistgen.data import TRAIN_SIZE
 from mnistgen.images import grid, to_uint8
 from mnistgen.models import InvertedGenerator
 from mnistgen.params import ParamsError, RunParams, field
@@ -34,6 +35,7 @@ class InvertedParams(RunParams):
         super().check(section)
         if not self.variants or len(set(self.variants)) != len(self.variants):
             raise ParamsError(f"{section}.variants: list each of {list(VARIANTS)} at most once")
+        self.check_batch(section, self.batch_size, TRAIN_SIZE)
 
 
 def onehot(labels: torch.Tensor) -> torch.Tensor:

@@ -61,12 +61,17 @@ class Outbox:
         self._cond = threading.Condition()
         self._deadline: float | None = None  # set by close()
         self.problem: str | None = None  # why the last delivery failed (None: all well)
+        self.failure: BaseException | None = None  # the store is full: no use going on
         self._thread = threading.Thread(target=self._send_loop, name="mlflow-outbox", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------ what the run writes
 
     def put(self, op: str, **fields) -> None:
+        """Journal one record for sending. A full store is not an outage that passes: its
+        error is raised here, in the stage, which then stops with one line."""
+        if self.failure is not None:
+            raise self.failure
         record = {"op": op, "t": int(time.time() * 1000), **fields}
         with self._cond:
             self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
@@ -107,10 +112,21 @@ class Outbox:
         with self._cond:
             left = list(self._pending)
         if left:
+            if self.failure is not None:
+                self._mark_failed()
             self._lock.release()
             return dict(collections.Counter(r["op"] for r in left))
         _remove(self.folder, self._lock)
         return None
+
+    def _mark_failed(self) -> None:
+        """The store is full: whenever the journal is sent, the run ends FAILED, saying why
+        (if even this line cannot be written, the next run marks it FAILED all the same)."""
+        now = int(time.time() * 1000)
+        error = f"the MLflow store ran out of space: {self.problem}"
+        with contextlib.suppress(OSError), open(self.folder / "ops.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"op": "tags", "t": now, "tags": {"error": error}}) + "\n")
+            f.write(json.dumps({"op": "end", "t": now, "status": "FAILED"}) + "\n")
 
     # ------------------------------------------------------------ the sender
 
@@ -129,9 +145,12 @@ class Outbox:
                 deliver(client, self.run_id, batch, self.folder)
             except Exception as err:  # noqa: BLE001 - sorted below: refused, full, or an outage
                 verdict = _verdict(err)
+                if verdict == "full":
+                    self.problem, self.failure = _short(err), err
+                    return
                 if verdict != "refused":
                     self.problem = _short(err)
-                    if verdict == "full" or self._past_deadline():
+                    if self._past_deadline():
                         return
                     with self._cond:  # back off; close() does not cut a wait short
                         self._cond.wait(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)])
@@ -265,9 +284,14 @@ def send_waiting(root: Path, uri: str) -> list[str]:
             continue
         try:
             records, done = _read_journal(folder), _read_sent(folder)
+            ends = [r["status"] for r in records if r["op"] == "end" and not r.get("run")]
+            failed = bool(ends) and ends[-1] != "FINISHED"
             client = MlflowClient(uri)
             while done < len(records):
                 batch = _take(collections.deque(records[done:]))
+                if failed and batch[0]["op"] == "model":  # its stage failed: not an output
+                    done += 1
+                    continue
                 try:
                     deliver(client, run_id, batch, folder)
                 except Exception as err:  # noqa: BLE001 - a refused record is skipped, as live

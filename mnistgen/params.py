@@ -160,3 +160,17 @@ class RunParams:
     def check(self, section):
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
             raise ParamsError(f"{section}.device: expected auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+        from mnistgen.runtime import pick_device  # torch, only once the spelling is right
+
+        try:  # a device this machine lacks stops check_params, before DVC removes an output
+            pick_device(self.device)
+        except ParamsError as err:
+            raise ParamsError(f"{section}.device: {err}") from None
+        except RuntimeError as err:  # torch's own words for a malformed cuda:N
+            raise ParamsError(f"{section}.device: {self.device!r} is not a device ({err})") from None
+
+    def check_batch(self, section: str, batch_size: int, images: int) -> None:
+        """A batch must fit in the training images (known before the data is there)."""
+        if batch_size > images:
+            raise ParamsError(f"{section}.batch_size {batch_size} is larger than the {images} "
+                              f"training images")

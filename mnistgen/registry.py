@@ -109,9 +109,12 @@ def deliver_model(client, run_id: str, record: dict, folder: Path) -> None:
     - kind "gan": a pyfunc from code (mnistgen/serving_model.py + the checkpoint, which
       loads with weights_only=True), taking {digit, count, seed} rows (mnistgen.serving);
     - kind "judge" / "inverted": the torch module exported with torch.export (pt2)."""
+    import mlflow
     from mlflow.models import Model
 
     name, checkpoint = record["name"], folder / record["checkpoint"]
+    # MLflow files a logged model under the active experiment, not its run's: set it
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     _drop_unfinished_models(client, run_id, name)  # a send an outage cut short
     if record["kind"] == "gan":
         import mlflow.pyfunc
@@ -158,11 +161,12 @@ def _log_exported(run_id: str, *, name: str, kind: str, checkpoint: Path):
 
 def _drop_unfinished_models(client, run_id: str, name: str) -> None:
     """Logged models of this run and name that never became READY (an upload cut short)."""
+    from mnistgen.store import drop_model, logged_models, model_status
+
     run = client.get_run(run_id)
-    for model in client.search_logged_models([run.info.experiment_id],
-                                             filter_string=f"source_run_id = '{run_id}'"):
-        if model.name == name and str(model.status) != "READY":
-            client.delete_logged_model(model.model_id)
+    for model in logged_models(client, run.info.experiment_id, f"source_run_id = '{run_id}'"):
+        if model.name == name and model_status(model) != "READY":
+            drop_model(client, model)
 
 
 def register(client, registered_name: str, model_id: str, run_id: str) -> str:

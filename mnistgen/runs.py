@@ -23,9 +23,9 @@ from mnistgen import naming
 from mnistgen.outbox import Outbox, send_waiting, waiting
 from mnistgen.params import field
 from mnistgen.runtime import Interrupted
-from mnistgen.store import (TrackingError, check_store, close_orphaned_runs, experiment, git_commit,
-                            process_tags, reroot_artifacts, repo_root, sqlite_path, store_full,
-                            store_lock, tracking_uri)
+from mnistgen.store import (TrackingError, check_store, close_orphaned_runs, drop_unfinished_models,
+                            experiment, git_commit, process_tags, reroot_artifacts, repo_root,
+                            sqlite_path, store_full, store_lock, tracking_uri)
 
 INVOCATION_TAG = "mnistgen.invocation"  # marks a parent run: which dvc process it stands for
 FAILED_CLOSE_WAIT_S = 10  # after a failure or Ctrl-C the error matters more than the wait
@@ -98,6 +98,7 @@ def prepare_store(client, uri: str) -> str:
                             f"sent ({' '.join(str(err).split())[:200]}); they stay in "
                             f".mlflow-outbox/ for the next try") from err
     close_orphaned_runs(client, experiment_id, keep=set(waiting(root)))
+    drop_unfinished_models(client, experiment_id)
     return experiment_id
 
 
@@ -157,15 +158,25 @@ def dvc_invocation() -> tuple[str, str] | None:
     try:
         proc = psutil.Process().parent()
         while proc is not None:
-            words = proc.cmdline()[:4]
-            for i, word in enumerate(words):
-                if Path(word).stem == "dvc" or (word == "-m" and words[i + 1:i + 2] == ["dvc"]):
-                    start = i + 1 + (word == "-m")
-                    command = " ".join(["dvc", *[w for w in words[start:start + 2] if not w.startswith("-")]])
-                    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}", command
+            command = dvc_command(proc.cmdline())
+            if command is not None:
+                return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}", command
             proc = proc.parent()
     except psutil.Error:
         return None
+    return None
+
+
+def dvc_command(cmdline: list[str]) -> str | None:
+    """'dvc repro' / 'dvc exp run' from a process's command line, or None if it is not dvc.
+    A queued experiment runs under DVC's worker, `dvc exp exec-run`: the parent run is
+    named after what the user typed, `dvc exp run`."""
+    words = cmdline[:6]
+    for i, word in enumerate(words):
+        if Path(word).stem == "dvc" or (word == "-m" and words[i + 1:i + 2] == ["dvc"]):
+            start = i + 1 + (word == "-m")
+            command = " ".join(["dvc", *[w for w in words[start:start + 2] if not w.startswith("-")]])
+            return command.replace("dvc exp exec-run", "dvc exp run")
     return None
 
 
@@ -271,11 +282,15 @@ class Recorder:
             self.outbox.put("end", status=status)
             if status == "FINISHED" and self.parent:
                 self.outbox.put("end", run=self.parent, status="FINISHED")
-        except OSError:
+        except Exception:  # noqa: BLE001 - a full disk or store: the error being raised matters
             pass
         wait = self.settings.outage_wait if status == "FINISHED" else min(self.settings.outage_wait,
                                                                           FAILED_CLOSE_WAIT_S)
         left = self.outbox.close(wait)
+        if status != "FINISHED":  # a failing stage says why in its own line
+            return
+        if self.outbox.failure is not None:  # the store is full: the stage fails, in one line
+            raise self.outbox.failure
         if left:
             print(f"{self.stage}: MLflow: {self.outbox.uri} did not take {describe(left)} of run "
                   f"{self.run_id} ({self.outbox.problem or 'no answer'}); they wait in "

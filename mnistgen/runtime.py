@@ -60,6 +60,9 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ParamsError(f"device '{name}' requested but CUDA is not available on this machine; "
                           f"set device: auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ParamsError(f"device '{name}' requested but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s); set device: cuda or auto")
     if device.type == "mps" and not mps_available():
         raise ParamsError(f"device '{name}' requested but Apple's MPS is not available on this "
                           f"machine; set device: auto or cpu")

@@ -34,6 +34,8 @@ from mnistgen.stage import run
 
 def read_samples(path: Path, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (N, 784) images and int64 (N,) labels from a user's .npz, or one clear DataError."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; name an .npz file (images, labels)")
     if not path.is_file():
         raise DataError(f"{path}: not found")
     try:
@@ -118,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run("score", main, dvc_removes_outputs=False))
+    sys.exit(run("score", main, command=True))

@@ -38,6 +38,13 @@ class EvaluateParams(RunParams):
     cas_lr: float = field(above=0.0, hi=10.0)
     cas_channels: list[int] = field(lo=1, hi=1024)
 
+    def check(self, section):
+        super().check(section)
+        rows = 10 * self.per_class  # every row's CAS classifier trains on this many digits
+        if self.cas_batch_size > rows:
+            raise ParamsError(f"{section}.cas_batch_size {self.cas_batch_size} is larger than the "
+                              f"{rows} digits of a row (10 x per_class)")
+
 
 def per_class_pick(labels: np.ndarray, per_class: int, gen: np.random.Generator) -> np.ndarray:
     """Indices of `per_class` random items of each digit, class-major."""

@@ -25,4 +25,15 @@ def check_all(path: str | Path) -> dict:
     missing = [name for name in SCHEMAS if name not in data]
     if missing:
         raise ParamsError(f"{path}: missing section{'s' * (len(missing) > 1)} {', '.join(missing)}")
-    return {name: parse_section(data[name], cls, name) for name, cls in SCHEMAS.items()}
+    sections = {name: parse_section(data[name], cls, name) for name, cls in SCHEMAS.items()}
+    check_across(sections)
+    return sections
+
+
+def check_across(sections: dict) -> None:
+    """Rules between sections: evaluate scores `evaluate.per_class` of the digits `sample`
+    drew per class."""
+    drawn, scored = sections["sample"].per_class, sections["evaluate"].per_class
+    if scored > drawn:
+        raise ParamsError(f"evaluate.per_class {scored} is more than the {drawn} digits per class "
+                          f"that sample.per_class draws; raise sample.per_class or lower it")

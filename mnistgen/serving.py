@@ -4,7 +4,8 @@
     images = model.predict(pd.DataFrame([{"digit": 7, "count": 16, "seed": 0}]))
 
 Input rows: `digit` 0-9, optional `count` (default 1, at most 1,000) and `seed` (default 0,
-at most 2**31 - 1).
+at most 2**31 - 1), each a whole number (not a string, not true/false); at most 10,000
+digits per request (split a bigger one).
 Output: uint8 (N, 28, 28), N = the sum of the counts, rows in input order; each row's noise
 comes from its own seed, so the same request gives the same digits. The raw tensor form
 stays available: `model.unwrap_python_model().packed` is a torch module taking float
@@ -18,9 +19,10 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from mnistgen.generators import MAX_COUNT, draw
+from mnistgen.generators import MAX_COUNT, MAX_SEED, MAX_TOTAL, draw
 DESCRIPTION = ("Class-conditional GAN generator for MNIST digits (draw-mnist pipeline). Input: rows "
-               "{digit: 0-9, count: optional, default 1, seed: optional, default 0}; output: uint8 "
+               "{digit: 0-9, count: optional, default 1, seed: optional, default 0}, whole numbers, "
+               "at most 10,000 digits a request; output: uint8 "
                "(N, 28, 28), N = the sum of the counts, in input order. Raw form: "
                "unwrap_python_model().packed takes float (N, 10 + latent) = [one-hot | noise] "
                "and returns (N, 784) in [0, 1]. Alias `champion`: the best generator by "
@@ -28,22 +30,33 @@ DESCRIPTION = ("Class-conditional GAN generator for MNIST digits (draw-mnist pip
 
 
 def requests(frame: pd.DataFrame) -> list[tuple[int, int, int]]:
-    """(digit, count, seed) per row, checked; ValueError names the bad row."""
+    """(digit, count, seed) per row, checked; ValueError names the bad row. One rule for the
+    three columns: a whole number (an int, or a float with nothing after the point, as
+    pandas holds a column with gaps); strings and true/false are refused."""
     if "digit" not in frame.columns:
         raise ValueError(f"each row needs a 'digit' (0-9); got columns {list(frame.columns)}")
     out = []
     for i, row in enumerate(frame.to_dict("records")):
-        values = {}
-        for key, default, lo, hi in (("digit", None, 0, 9), ("count", 1, 1, MAX_COUNT),
-                                     ("seed", 0, 0, 2**31 - 1)):
-            value = row.get(key, default)
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                value = default
-            if value is None or float(value) != int(value) or not lo <= int(value) <= hi:
-                raise ValueError(f"row {i}: {key} must be a whole number in {lo}..{hi}, got {value!r}")
-            values[key] = int(value)
+        values = {key: whole_number(row.get(key), key=key, default=default, lo=lo, hi=hi, row=i)
+                  for key, default, lo, hi in (("digit", None, 0, 9), ("count", 1, 1, MAX_COUNT),
+                                               ("seed", 0, 0, MAX_SEED))}
         out.append((values["digit"], values["count"], values["seed"]))
+    total = sum(count for _, count, _ in out)
+    if total > MAX_TOTAL:
+        raise ValueError(f"this request asks for {total:,} digits; at most {MAX_TOTAL:,} per request "
+                         f"(split it)")
     return out
+
+
+def whole_number(value, *, key: str, default, lo: int, hi: int, row: int) -> int:
+    missing = value is None or (isinstance(value, float) and np.isnan(value))
+    if missing and default is not None:
+        return default
+    integral = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating))
+                                                        and not missing and float(value).is_integer())
+    if missing or isinstance(value, (bool, np.bool_)) or not integral or not lo <= int(value) <= hi:
+        raise ValueError(f"row {row}: {key} must be a whole number in {lo}..{hi}, got {value!r}")
+    return int(value)
 
 
 class DigitDrawer(mlflow.pyfunc.PythonModel):
@@ -68,8 +81,9 @@ def signature():
     from mlflow.types.schema import AnyType
 
     # any type, not long: in a batch where some rows leave count/seed out, pandas holds the
-    # column as floats (NaN for missing), which a long column refuses; `requests` checks them
-    inputs = Schema([ColSpec("long", "digit"), ColSpec(AnyType(), "count", required=False),
+    # column as floats (NaN for missing), which a long column refuses; `requests` checks all
+    # three by one rule
+    inputs = Schema([ColSpec(AnyType(), "digit"), ColSpec(AnyType(), "count", required=False),
                      ColSpec(AnyType(), "seed", required=False)])
     return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, 28, 28))]))
 

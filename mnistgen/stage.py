@@ -50,33 +50,34 @@ def outputs_note(stage: str, dvc_removes_outputs: bool) -> str:
     return "earlier outputs are unchanged"
 
 
-def run(stage: str, body, argv=None, dvc_removes_outputs: bool = True) -> int:
+def run(stage: str, body, argv=None, dvc_removes_outputs: bool = True, command: bool = False) -> int:
     """Call body(argv); report our own errors as `<stage>: error: ...`, exit 1; Ctrl-C exits
-    130. Each in one line that also says what became of the earlier outputs.
-    On success print the wall time and peak memory (the benchmark reads this line)."""
-    note = outputs_note(stage, dvc_removes_outputs)
+    130. Each in one line that also says what became of the earlier outputs (a `command`,
+    such as mnistgen.draw, has none to speak of). On success print the wall time and peak
+    memory (the benchmark reads this line)."""
+    note = "" if command else f" ({outputs_note(stage, dvc_removes_outputs)})"
     try:
         body(argv)
     except KNOWN_ERRORS as err:
-        print(f"{stage}: error: {err} ({note})", file=sys.stderr)
+        print(f"{stage}: error: {err}{note}", file=sys.stderr)
         return 1
     except OSError as err:
         if err.errno not in FULL_OR_READ_ONLY:
             raise
         print(f"{stage}: error: cannot write {err.filename or 'an output'}: {err.strerror}; free "
-              f"space (or make it writable) and rerun ({note})", file=sys.stderr)
+              f"space (or make it writable) and rerun{note}", file=sys.stderr)
         return 1
     except Interrupted as err:
-        print(f"{stage}: {err} ({note})", file=sys.stderr)
+        print(f"{stage}: {err}{note}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"{stage}: interrupted; rerun to start again ({note})", file=sys.stderr)
+        print(f"{stage}: interrupted; rerun to start again{note}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - re-raised unless it is a full store
         if not store_full(err):
             raise
         print(f"{stage}: error: the MLflow store's disk is full ({tracking_uri()}); free space "
-              f"and rerun: the run left open is marked FAILED then ({note})", file=sys.stderr)
+              f"and rerun: the run left open is marked FAILED then{note}", file=sys.stderr)
         return 1
     wall, peak_mb = resources()
     print(f"{stage}: wall {wall:.1f} s, peak memory {peak_mb:.0f} MB")

@@ -82,10 +82,12 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # the stages say what matters
-    import mlflow  # noqa: F401 - it sets its loggers' levels when imported: set ours after
+    __import__("mlflow")  # it sets its loggers' levels when imported: set ours after that
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # it logs every database error it raises, traceback and all: the stage reports it once
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def check_store(uri: str, timeout_s: float = 5.0) -> None:
@@ -209,6 +211,49 @@ def close_orphaned_runs(client, experiment_id: str, keep: set[str] = frozenset()
         client.set_terminated(run.info.run_id, "FAILED")
         closed.append(run.info.run_id)
     return closed
+
+
+def drop_unfinished_models(client, experiment_id: str) -> list[str]:
+    """Logged models left PENDING by a run that is no longer RUNNING (a full disk or a kill
+    cut their upload short): removed, with their local artifact folder. -> their ids."""
+    dropped = []
+    for model in logged_models(client, experiment_id):
+        if model_status(model) != "PENDING" or (
+                model.source_run_id and client.get_run(model.source_run_id).info.status == "RUNNING"):
+            continue  # finished, or still being logged by a live process
+        drop_model(client, model)
+        dropped.append(model.model_id)
+    return dropped
+
+
+def logged_models(client, experiment_id: str, filter_string: str | None = None) -> list:
+    """Every logged model of the experiment (all pages). MLflow 3.17's SQL store does not
+    filter on status, so callers look at `model_status` themselves."""
+    found, token = [], None
+    while True:
+        page = client.search_logged_models([experiment_id], filter_string=filter_string,
+                                           page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def model_status(model) -> str:
+    """'PENDING', 'READY' or 'FAILED' (MLflow hands back an enum)."""
+    return getattr(model.status, "value", str(model.status))
+
+
+def drop_model(client, model) -> None:
+    """Delete a logged model and, in a local store, the files it left."""
+    import shutil
+    from urllib.parse import unquote
+
+    client.delete_logged_model(model.model_id)
+    location = model.artifact_location or ""
+    folder = Path(unquote(urlparse(location).path)) if location.startswith("file:") else Path(location)
+    if folder.is_absolute() and folder.name == "artifacts" and folder.parent.name == model.model_id:
+        shutil.rmtree(folder.parent, ignore_errors=True)  # <exp>/models/<model id>/
 
 
 def reroot_artifacts(db: Path, root: Path) -> str | None:

@@ -39,7 +39,7 @@ def main(argv=None):
     limit = params.train_limit or len(arrays["train_images"])
     images = to_model_input(arrays["train_images"][:limit]).to(device)  # (N, 1, 28, 28) in [-1, 1]
     labels = torch.as_tensor(arrays["train_labels"][:limit]).long().to(device)
-    params.check_world(len(images), world)
+    params.check_world(world)
     judge = load_judge(Path(args.judge), device)
     if world.is_main:
         store.check_store(store.tracking_uri())  # before any training: fail fast

@@ -167,3 +167,20 @@ def test_a_copied_repository_writes_artifacts_into_its_own_mlruns(tmp_path, monk
     assert sorted(p.relative_to(original) for p in (original / "mlruns").rglob("*")) == before
     assert [a.path for a in copied.list_artifacts(run_id)] == ["a.txt", "b.txt"]
     assert list((copy / "mlruns").rglob("b.txt"))
+
+
+def test_a_resume_file_for_other_params_is_removed_when_training_starts_over(tmp_path, capsys):
+    """It would otherwise sit there (17 MB at the defaults) until the new run wrote its own."""
+    import torch
+
+    from conftest import make_params
+    from mnistgen.gan import GanState, try_resume
+
+    small = dict(g_hidden=[8, 4], d_hidden=[4, 8, 8], latent_dim=4, device="cpu")
+    old = GanState(make_params("train_gan", **small), torch.device("cpu"))
+    resume = tmp_path / "train_gan.pt"
+    old.save(resume, digest="params of an earlier run")
+    fresh = GanState(make_params("train_gan", **small), torch.device("cpu"))
+    assert try_resume(fresh, resume, digest="these params") is False
+    assert not resume.exists() and fresh.step == 0
+    assert "resume file is for other params: removed; starting over" in capsys.readouterr().err

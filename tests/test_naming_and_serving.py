@@ -47,12 +47,43 @@ def test_committed_params_reads_head_or_gives_none(tmp_path):
 def test_requests_take_digit_with_optional_count_and_seed():
     frame = pd.DataFrame([{"digit": 7, "count": 16, "seed": 3}, {"digit": 1}])
     assert requests(frame) == [(7, 16, 3), (1, 1, 0)]
+    # a column with gaps is float in pandas: 3.0 is a whole number
+    assert requests(pd.DataFrame([{"digit": 7.0, "count": 3.0}])) == [(7, 3, 0)]
     for bad, word in [({"digit": 10}, "digit"), ({"digit": 2.5}, "digit"), ({"digit": 3, "count": 0}, "count"),
-                      ({"digit": 3, "count": 5000}, "count"), ({"digit": 3, "seed": -1}, "seed")]:
+                      ({"digit": 3, "count": 5000}, "count"), ({"digit": 3, "seed": -1}, "seed"),
+                      ({"digit": 3, "seed": 2**31}, "seed")]:
         with pytest.raises(ValueError, match=f"row 0: {word} must be a whole number"):
             requests(pd.DataFrame([bad]))
     with pytest.raises(ValueError, match="each row needs a 'digit'"):
         requests(pd.DataFrame([{"count": 2}]))
+
+
+@pytest.mark.parametrize("key", ["digit", "count", "seed"])
+@pytest.mark.parametrize("value", ["3", True])
+def test_one_rule_for_all_three_columns_strings_and_booleans_are_refused(key, value):
+    row = {"digit": 3, key: value}
+    with pytest.raises(ValueError, match=f"row 0: {key} must be a whole number"):
+        requests(pd.DataFrame([row]))
+
+
+def test_a_request_is_capped_in_total_not_only_per_row():
+    """500 rows of 1,000 held a server for 321 s and 1.7 GB: at most 10,000 a request."""
+    assert len(requests(pd.DataFrame([{"digit": 1, "count": 1000}] * 10))) == 10
+    with pytest.raises(ValueError, match="asks for 10,001 digits; at most 10,000 per request"):
+        requests(pd.DataFrame([{"digit": 1, "count": 1000}] * 10 + [{"digit": 2}]))
+
+
+def test_queued_experiments_name_their_parent_run_after_dvc_exp_run():
+    """DVC's queue runs `dvc exp exec-run`; the user typed `dvc exp run`."""
+    assert naming_of(["/v/bin/python", "/v/bin/dvc", "exp", "exec-run", "--infofile", "x"]) == "dvc exp run"
+    assert naming_of(["python", "-m", "dvc", "repro", "-f"]) == "dvc repro"
+    assert naming_of(["/bin/sh", "-c", "python -m stages.train_gan"]) is None
+
+
+def naming_of(cmdline):
+    from mnistgen.runs import dvc_command
+
+    return dvc_command(cmdline)
 
 
 def test_auto_device_picks_mps_when_present_and_cuda_first(monkeypatch):
@@ -89,6 +120,34 @@ def test_draw_command_writes_one_row_per_digit(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mnistgen.draw", "12", "--model", str(ckpt)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "a digit is 0-9, got '12'" in bad.stderr
+
+
+@pytest.mark.parametrize("args, code, phrase", [
+    (["--out", "{tmp}/no/such/dir/x.png"], 1, "folder {tmp}/no/such/dir does not exist (draw creates no folders)"),
+    (["--out", "/proc/nope/x.png"], 1, "folder /proc/nope does not exist"),
+    (["--out", "{tmp}"], 1, "is a folder; name a .png file in it"),
+    (["--seed", "99999999999999999999"], 2, "seed is a whole number 0-2147483647"),
+    (["--seed", "-1"], 2, "seed is a whole number 0-2147483647, got '-1'"),
+    (["--count", "1001"], 2, "count is a whole number 1-1000"),
+    (["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "0", "--count", "1000"], 2,
+     "12 digits x 1000 is more than 10,000 images"),
+])
+def test_draw_mistakes_are_one_line_and_create_no_folder(tmp_path, capsys, args, code, phrase):
+    """The same seed and size rules as the served model; like `curl -o`, no folder made.
+    (`python -m mnistgen.draw` runs exactly this: run("draw", main, command=True).)"""
+    from mnistgen.draw import main
+    from mnistgen.stage import run
+
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    try:
+        returned = run("draw", main, ["7", *args, "--model", str(tmp_path / "never-read.pt")], command=True)
+    except SystemExit as exit_:  # argparse's way out
+        returned = exit_.code
+    captured = capsys.readouterr()
+    assert returned == code, captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+    assert phrase.replace("{tmp}", str(tmp_path)) in captured.err
+    assert not (tmp_path / "no").exists() and captured.out == ""
 
 
 def test_interpolation_ends_at_two_noise_samples():

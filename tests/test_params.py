@@ -1,3 +1,4 @@
+import re
 from dataclasses import fields
 
 import pytest
@@ -150,3 +151,58 @@ def test_check_all_validates_every_section_and_matches_dvc_yaml(tmp_path):
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match="missing sections sample, evaluate"):
         check_all(path)
+
+
+def params_with(changes: dict) -> dict:
+    """params.yaml with {section: {key: value}} changed."""
+    from conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    return params
+
+
+# every rule a stage would only meet after DVC removed its outputs, with what check_params says
+LATE_RULES = [
+    ({"train_gan": {"batch_size": 60002}}, "train_gan.batch_size 60002 is larger than the 60000 training images"),
+    ({"train_gan": {"train_limit": 50, "batch_size": 64}},
+     "train_gan.batch_size 64 is larger than the 50 training images"),
+    ({"train_judge": {"train_limit": 100, "batch_size": 128}},
+     "train_judge.batch_size 128 is larger than the 100 training images"),
+    ({"train_inverted": {"batch_size": 70000}}, "train_inverted.batch_size 70000 is larger than the 60000"),
+    ({"evaluate": {"per_class": 10, "cas_batch_size": 101}},
+     "evaluate.cas_batch_size 101 is larger than the 100 digits of a row"),
+    ({"sample": {"per_class": 400}, "evaluate": {"per_class": 500}},
+     "evaluate.per_class 500 is more than the 400 digits per class that sample.per_class draws"),
+    ({"train_gan": {"device": "cuda"}}, "train_gan.device: device 'cuda' requested but CUDA is not available"),
+    ({"evaluate": {"device": "mps"}}, "evaluate.device: device 'mps' requested but Apple's MPS is not available"),
+]
+
+
+@pytest.mark.parametrize("changes, message", LATE_RULES)
+def test_check_params_refuses_first_what_a_stage_would_refuse_after_dvc_removed_its_outputs(
+        tmp_path, monkeypatch, changes, message):
+    """check_params runs before any stage, while every output is still in place."""
+    import torch
+
+    from mnistgen.sections import check_all
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params_with(changes)))
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        check_all(path)
+
+
+def test_a_cuda_index_the_machine_lacks_is_refused(monkeypatch):
+    import torch
+
+    from mnistgen.runtime import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ParamsError, match=r"device 'cuda:3' requested but this machine has 1 CUDA"):
+        pick_device("cuda:3")
+    assert pick_device("cuda:0").index == 0

@@ -50,3 +50,5 @@ def test_missing_or_unreadable_file(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable .npz"):
         read_samples(tmp_path / "bad.npz", per_class=5)
+    with pytest.raises(DataError, match="is a folder; name an .npz file"):
+        read_samples(tmp_path, per_class=5)
