@@ -16,7 +16,7 @@ repro: setup
 	dvc repro
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 bench: setup
 	$(PY) -m bench.benchmark

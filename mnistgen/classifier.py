@@ -8,12 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch.nn import functional as F
 
 from mnistgen.data import training_images
 from mnistgen.distributed import World
-from mnistgen.models import Judge, JudgeConfig
+from mnistgen.models import Judge, JudgeConfig, gaussian_blur
 from mnistgen.params import ParamsError, RunParams, field, precision_field
 from mnistgen.runtime import autocast, fast_layout
 
@@ -73,6 +72,8 @@ def smooth_and_noise(x: torch.Tensor, *, smooth: float, noise: float,
     noise of up to `noise` grey levels (of 255). x (N, 1, 28, 28) in [-1, 1]."""
     n = len(x)
     if smooth > 0:
+        import torchvision.transforms.v2.functional as TF  # training only: spare other stages it
+
         picked = torch.rand(n, generator=gen) < smooth
         resample = picked & (torch.rand(n, generator=gen) < 0.5)
         blurred = picked & ~resample
@@ -84,7 +85,7 @@ def smooth_and_noise(x: torch.Tensor, *, smooth: float, noise: float,
             x[idx] = TF.resize(TF.resize(x[idx], [size, size], antialias=True), [28, 28], antialias=True)
         if blurred.any():
             idx = blurred.nonzero().squeeze(1).to(x.device)
-            x[idx] = TF.gaussian_blur(x[idx], [3, 3], [sigma, sigma])
+            x[idx] = gaussian_blur(x[idx], 3, sigma)
     if noise > 0:
         std = noise / 127.5 * torch.rand(n, 1, 1, 1, generator=gen)
         x = (x + std.to(x.device) * torch.randn(x.shape, generator=gen).to(x.device)).clamp(-1, 1)

@@ -46,7 +46,14 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # what torch.use_deterministic_algorithms(True, warn_only=True) does for eager code; the
+    # public call also imports Inductor's config to make compiled code deterministic, 1.5 s
+    # of every stage's start, and nothing here is compiled
+    deterministic = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if deterministic is None:  # another torch: the public way
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        deterministic(True, warn_only=True)
 
 
 def pick_device(name: str) -> torch.device:

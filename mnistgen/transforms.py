@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
+
+from mnistgen.models import gaussian_blur
 
 
 def _as_float(images_u8: np.ndarray) -> torch.Tensor:
@@ -25,6 +26,8 @@ def _as_uint8(x: torch.Tensor) -> np.ndarray:
 def resize_roundtrip(images_u8: np.ndarray, size: int = 32) -> np.ndarray:
     """28 -> size -> 28, bilinear both ways (torchvision's Resize, antialiased when shrinking):
     what a generator that works at 32x32 goes through."""
+    import torchvision.transforms.v2.functional as TF  # only here: spare other stages the import
+
     x = TF.resize(_as_float(images_u8), [size, size], antialias=True)
     return _as_uint8(TF.resize(x, [28, 28], antialias=True))
 
@@ -41,7 +44,7 @@ def shift(images_u8: np.ndarray, dx: int = 1, dy: int = 0) -> np.ndarray:
 
 def blur(images_u8: np.ndarray, sigma: float = 0.5) -> np.ndarray:
     """A Gaussian blur (3x3 kernel) of standard deviation `sigma` pixels."""
-    return _as_uint8(TF.gaussian_blur(_as_float(images_u8), [3, 3], [sigma, sigma]))
+    return _as_uint8(gaussian_blur(_as_float(images_u8), 3, sigma))
 
 
 def noise(images_u8: np.ndarray, std: float = 8.0, seed: int = 0) -> np.ndarray:

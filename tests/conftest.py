@@ -17,17 +17,22 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# the store this repository's own `make repro` used; read now, since mlflow.set_tracking_uri
+# in a test changes the variable for the rest of the session
+REPO_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
 
-# Small enough to run every stage in seconds, big enough to exercise every code path.
+# Small enough to run every stage in seconds, big enough to exercise every code path. One
+# thread each: tests run two at a time on two cores, and these models are too small to split.
 SHRUNK = {
     "train_judge": {"epochs": 1, "train_limit": 2000, "batch_size": 100, "log_every": 5,
-                    "channels": [8, 16], "feature_dim": 32},
+                    "channels": [8, 16], "feature_dim": 32, "threads": 1},
     "train_inverted": {"steps": 30, "log_every": 5, "grid_every": 10},
     "train_gan": {"epochs": 2, "train_limit": 1000, "batch_size": 100, "g_hidden": [16, 8, 4],
-                  "d_hidden": [8, 16, 32], "latent_dim": 16, "log_every": 2, "sample_every": 5,
-                  "eval_every": 5, "eval_samples": 100, "checkpoint_every": 4},
-    "sample": {"per_class": 30},
-    "evaluate": {"per_class": 20, "cas_epochs": 1, "cas_batch_size": 50, "cas_channels": [8]},
+                  "d_hidden": [8, 16, 32], "latent_dim": 16, "log_every": 4, "sample_every": 10,
+                  "eval_every": 10, "eval_samples": 100, "checkpoint_every": 4, "threads": 1},
+    "sample": {"per_class": 20, "threads": 1},
+    "evaluate": {"per_class": 10, "cas_epochs": 1, "cas_batch_size": 50, "cas_channels": [8],
+                 "threads": 1},
     "tracking": {"system_metrics_every": 1, "outage_wait": 30},  # short runs: sample often
 }
 
@@ -160,3 +165,31 @@ def store_client(repo: Path):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
+
+
+# `make test` runs two pytest-xdist workers (`-n 2`), one per core, and gives each one of two
+# queues of modules, their tests in file order: "pipeline" first builds the shared pipeline
+# and then runs the modules that read or copy it; "others" runs the quick tests while that
+# build runs, then the modules that wait for it. The two take about equally long.
+# (pytest-xdist's own `--dist loadgroup` does not group under pytest 9.2:
+# pytest-dev/pytest-xdist#1386.)
+PIPELINE_QUEUE = {"test_pipeline", "test_stage_runs", "test_reruns"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoQueues(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+            return "pipeline" if module in PIPELINE_QUEUE else "others"
+
+    return TwoQueues(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    """The quick tests first, then the slow modules (which wait for the built pipeline):
+    the "others" queue then has work while the "pipeline" queue builds it."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)

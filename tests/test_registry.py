@@ -4,6 +4,7 @@ import pytest
 
 from mnistgen.runs import TrackingParams
 
+
 QUIET = TrackingParams(system_metrics=False, system_metrics_every=10, outage_wait=5)
 
 
@@ -117,21 +118,19 @@ def test_after_make_repro_the_store_shows_the_current_gan_and_its_champion_draws
     the store shows evaluate's scores on the run that trained models/gan.pt, and
     `models:/draw-mnist-cgan@champion` (the README's snippet), asked for sevens, draws sevens."""
     import json
-    import os
 
     import mlflow
     import pandas as pd
     import torch
     from mlflow.tracking import MlflowClient
 
-    from conftest import ROOT
+    from conftest import REPO_TRACKING_URI as uri, ROOT
     from mnistgen.data import sha256_file
     from mnistgen.judging import features_and_predictions, load_judge
     from mnistgen.registry import find_training_run
 
     if not (ROOT / "models/gan.pt").is_file():
         pytest.skip("needs this repository's pipeline run (`make repro`): no models/gan.pt yet")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
     run = find_training_run(MlflowClient(uri), sha256_file(ROOT / "models/gan.pt"))
     assert run is not None, f"no run in {uri} wrote models/gan.pt; `dvc repro` records it"
     row = json.loads((ROOT / "metrics/evaluate.json").read_text())["rows"]["gan"]

@@ -59,7 +59,7 @@ def test_second_repro_changes_nothing_in_dvc_or_the_store(repo):
 
 @pytest.mark.parametrize("key, value, phrase", [
     ("lr_gg", 0.1, "train_gan.lr_gg: unknown key (did you mean 'lr_g'?)"),
-    ("batch_size", 60002, "train_gan.batch_size 60002 is larger than the 60000 training images"),
+    ("batch_size", 1002, "train_gan.batch_size 1002 is larger than the 1000 training images"),
     ("device", "cuda:7", "train_gan.device: device 'cuda:7' requested but"),
 ])
 def test_bad_param_stops_with_the_key_named_and_outputs_intact(repo, key, value, phrase):

@@ -174,11 +174,29 @@ def test_nan_loss_with_on_nan_skip_gives_up_after_max_skips(pipeline_repo):
     assert_failed_cleanly(result, pipeline_repo, before, "update skipped", "non-finite loss at step")
 
 
-def test_ctrl_c_stops_in_one_line_marks_the_run_killed_and_resumes_to_the_same_bytes(pipeline_repo, tmp_path):
+# the training that Ctrl-C and kill -9 interrupt: quick steps (no grids, no evaluations); the
+# checkpoint saves its params, so all three runs use the same ones
+RESUMABLE = dict(epochs=6, eval_every=10 ** 6, sample_every=10 ** 6, checkpoint_every=3)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_gan(pipeline_repo, tmp_path_factory) -> bytes:
+    """models/gan.pt of RESUMABLE's training run without a stop: what a resumed run must give."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = stage(pipeline_repo, "train_gan", "--data", "data/mnist.npz", "--judge", "models/judge.pt",
+                   "--model", str(out / "gan.pt"), "--losses", str(out / "l.csv"),
+                   "--quality", str(out / "q.csv"), "--resume", str(out / "resume.pt"),
+                   params=gan_params(pipeline_repo, **RESUMABLE))
+    assert result.returncode == 0, result.stderr
+    return (out / "gan.pt").read_bytes()
+
+
+def test_ctrl_c_stops_in_one_line_marks_the_run_killed_and_resumes_to_the_same_bytes(
+        pipeline_repo, uninterrupted_gan):
     from mlflow.tracking import MlflowClient
 
     before = snapshot(pipeline_repo)
-    params = gan_params(pipeline_repo, epochs=10, checkpoint_every=10 ** 6, eval_every=10 ** 6)
+    params = gan_params(pipeline_repo, **RESUMABLE)
     resume = pipeline_repo / ".resume/train_gan.pt"
     resume.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "stages.train_gan", "--params", params, "--data",
@@ -200,21 +218,15 @@ def test_ctrl_c_stops_in_one_line_marks_the_run_killed_and_resumes_to_the_same_b
     result = train_gan(pipeline_repo, params)  # resumes where Ctrl-C stopped it
     assert result.returncode == 0, result.stderr
     assert f"resuming from step {stopped_at}" in result.stderr
-    resumed = (pipeline_repo / "models/gan.pt").read_bytes()
     # the same params without any interruption give the same bytes
-    result = stage(pipeline_repo, "train_gan", "--data", "data/mnist.npz", "--judge", "models/judge.pt",
-                   "--model", str(tmp_path / "gan.pt"), "--losses", str(tmp_path / "l.csv"),
-                   "--quality", str(tmp_path / "q.csv"), "--resume", str(tmp_path / "resume.pt"),
-                   params=params)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "gan.pt").read_bytes() == resumed
+    assert (pipeline_repo / "models/gan.pt").read_bytes() == uninterrupted_gan
     for name in ("models/gan.pt", "plots/gan_losses.csv"):  # as the other tests expect them
         (pipeline_repo / name).write_bytes(before[0][name])
 
 
-def test_kill_9_then_rerun_resumes_and_never_leaves_half_outputs(pipeline_repo):
+def test_kill_9_then_rerun_resumes_and_never_leaves_half_outputs(pipeline_repo, uninterrupted_gan):
     before_model = (pipeline_repo / "models/gan.pt").read_bytes()
-    params = gan_params(pipeline_repo, epochs=10, checkpoint_every=3)
+    params = gan_params(pipeline_repo, **RESUMABLE)
     resume = pipeline_repo / ".resume/train_gan.pt"
     proc = subprocess.Popen([sys.executable, "-m", "stages.train_gan", "--params", params, "--data",
                              "data/mnist.npz", "--judge", "models/judge.pt", *GAN_OUTS],
@@ -222,9 +234,8 @@ def test_kill_9_then_rerun_resumes_and_never_leaves_half_outputs(pipeline_repo):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not resume.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-training: the resume file holds step 3 (or later)
     proc.wait()
     assert resume.exists()
     assert (pipeline_repo / "models/gan.pt").read_bytes() == before_model  # untouched
@@ -238,6 +249,8 @@ def test_kill_9_then_rerun_resumes_and_never_leaves_half_outputs(pipeline_repo):
     resumed_from = int(result.stderr.split("resuming from step ")[1].split()[0])
     assert resumed_from >= 3
     assert not resume.exists()
+    assert (pipeline_repo / "models/gan.pt").read_bytes() == uninterrupted_gan
+    (pipeline_repo / "models/gan.pt").write_bytes(before_model)
     # one MLflow run for the whole (interrupted + resumed) training
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
