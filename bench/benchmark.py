@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.flops import report as flops_report, stage_flops
 from mnistgen.data import load_arrays
 from mnistgen.images import to_model_input
-from mnistgen.models import Discriminator, Generator, Judge, JudgeConfig
+from mnistgen.models import Discriminator, Generator, Judge
 from mnistgen.params import load_section
 from mnistgen.runtime import autocast, fast_layout, resolve_precision, set_threads
 from mnistgen.classifier import JudgeParams

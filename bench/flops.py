@@ -5,7 +5,7 @@ FlopCounterMode on the real models and shapes; the count is multiplied by how ma
 the stage's section of params.yaml asks for (epochs x steps, in-training evaluations, CAS
 fits, ...). The counter sees matmuls and convolutions (forward and backward), which is where
 these models spend their arithmetic; element-wise ops and the k-NN distances of
-precision/recall are not counted.
+precision/recall and of the nearest training digit are not counted.
 
 Usage: python -m bench.flops [--params params.yaml]
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,6 +59,21 @@ def judge_forward(judge_p: JudgeParams, n: int) -> int:
     return forward(judge, torch.zeros(1000, 1, 28, 28)) * n // 1000
 
 
+def r1_flops(D, real, labels) -> int:
+    """What R1 adds to a step: D on the real batch, its input gradient with a graph, and the
+    penalty's backward through it. (FlopCounterMode cannot watch torch.autograd.grad, which
+    mnistgen.gan.r1_penalty uses; backward(inputs=...) does the same arithmetic.)"""
+    def penalty_step():
+        x = real.clone().requires_grad_(True)
+        with warnings.catch_warnings():  # the cycle create_graph warns of is broken below
+            warnings.simplefilter("ignore", UserWarning)
+            D(x, labels).sum().backward(create_graph=True, inputs=[x])
+        x.grad.pow(2).sum(dim=(1, 2, 3)).mean().backward()
+        D.zero_grad(set_to_none=True)  # create_graph leaves graphs in the params' grads
+
+    return count(penalty_step)
+
+
 def stage_flops(params_path: Path) -> dict[str, int]:
     judge_p = load_section(params_path, "train_judge", JudgeParams)
     inv_p = load_section(params_path, "train_inverted", InvertedParams)
@@ -80,9 +96,14 @@ def stage_flops(params_path: Path) -> dict[str, int]:
     state = GanState(gan_p, CPU)
     b = gan_p.batch_size
     real, labels = torch.zeros(b, 1, 28, 28), torch.arange(b) % 10
-    step = count(lambda: gan_step(state, real, labels, torch.randn(b, gan_p.latent_dim), gan_p))
     n = gan_p.train_limit or TRAIN_IMAGES
     total = gan_p.epochs * (n // b)
+
+    state.step = 1  # a step without R1 (it runs on steps divisible by r1_every only)
+    step = count(lambda: gan_step(state, real, labels, torch.randn(b, gan_p.latent_dim), gan_p))
+    with_r1 = -(-total // gan_p.r1_every) if gan_p.r1 else 0
+    if with_r1:
+        step += with_r1 * r1_flops(state.D, real, labels) / total
     evals = total // gan_p.eval_every + (total % gan_p.eval_every > 0)
     grids = total // gan_p.sample_every + (total % gan_p.sample_every > 0)
     g_per_image = forward(state.G_ema, torch.randn(1000, gan_p.latent_dim), torch.arange(1000) % 10) / 1000
@@ -102,7 +123,8 @@ def stage_flops(params_path: Path) -> dict[str, int]:
     cas = (cas_steps(per_row, eval_p) * classifier_step(cas_model, eval_p.cas_batch_size, 0)
            + forward(Judge(cas_model), torch.zeros(TEST_IMAGES, 1, 28, 28)))
     judged = rows + 1 + len(CALIBRATION)  # every row, the reference, the calibration rows
-    flops["evaluate"] = judged * judge_forward(judge_p, per_row) + rows * cas
+    flops["evaluate"] = (judged * judge_forward(judge_p, per_row) + rows * cas
+                         + judge_forward(judge_p, TRAIN_IMAGES))  # every training digit: nearest_train
     return flops
 
 

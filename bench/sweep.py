@@ -23,7 +23,7 @@ import torch
 from mnistgen.data import load_arrays
 from mnistgen.generators import Drawer
 from mnistgen.images import to_model_input
-from mnistgen.judging import features_and_predictions, load_judge
+from mnistgen.judging import load_judge
 from mnistgen.params import load_section, parse_section
 from mnistgen.runtime import configure_cuda, pick_device, set_seed, set_threads
 from mnistgen.gan import GanParams, GanState, train_loop
@@ -67,9 +67,8 @@ def score(*, generator, latent_dim, arrays, judge, params_path, device, per_clas
     ref = reference(params=ep, arrays=arrays, judge=judge)
     drawer = Drawer("gan", generator, latent_dim, "gan", path=None)
     images, labels = draw_samples(drawer, per_class, ep.seed)  # the sample stage's draw
-    summary, _ = score_row(images=images, labels=labels.astype(np.int64), judge=judge,
-                           ref_features=ref["features"], params=ep, device=device,
-                           test_x=ref["test_x"], test_y=ref["test_y"])
+    summary, _ = score_row(images=images, labels=labels.astype(np.int64), judge=judge, ref=ref,
+                           params=ep, device=device)
     return rounded(summary, 4)
 
 

@@ -36,9 +36,14 @@ class GanParams(RunParams):
     g_hidden: list[int] = field(lo=1, hi=16384, doc="generator channels (conv) or widths (mlp)")
     d_hidden: list[int] = field(lo=1, hi=16384, doc="discriminator channels (conv) or widths (mlp)")
     spectral_norm: bool = field(doc="spectral norm on every discriminator layer")
+    conditional_bn: bool = field(doc="conv G: each BatchNorm takes a per-class gain and bias")
     mode_seeking: float = field(lo=0.0, hi=1e6,
                                 doc="weight of the mode-seeking diversity term in G's loss; 0 = off")
-    loss: str = field(choices=("hinge", "bce"), doc="bce = non-saturating")
+    loss: str = field(choices=("hinge", "bce", "rpgan"),
+                      doc="bce = non-saturating; rpgan = relativistic pairing (real i vs fake i)")
+    r1: float = field(lo=0.0, hi=1e6, doc="weight of the R1 penalty (squared gradient of D on real "
+                                           "digits); 0 = off")
+    r1_every: int = field(lo=1, hi=1000, doc="R1 on every N-th step only, weighted N times")
     lr_g: float = field(above=0.0, hi=1e30)
     lr_d: float = field(above=0.0, hi=1e30)
     lr_schedule: str = field(choices=("constant", "linear"),
@@ -64,6 +69,9 @@ class GanParams(RunParams):
         for key in ("g_hidden", "d_hidden"):
             if not getattr(self, key):
                 raise ParamsError(f"{section}.{key}: list at least one layer width")
+        if self.conditional_bn and self.arch != "conv":
+            raise ParamsError(f"{section}.conditional_bn: only the conv generator has BatchNorms "
+                              f"to condition; set arch: conv or conditional_bn: false")
         if self.arch == "conv" and (len(self.g_hidden) not in (2, 3) or len(self.d_hidden) != 3):
             raise ParamsError(f"{section}: arch conv takes g_hidden [channels at 7x7, at 14x14"
                               f"(, at 28x28)] and d_hidden [channels at 14x14, at 7x7, feature width]")
@@ -83,7 +91,8 @@ class GanParams(RunParams):
 
     def model_config(self) -> GanConfig:
         return GanConfig(arch=self.arch, latent_dim=self.latent_dim, g_hidden=list(self.g_hidden),
-                         d_hidden=list(self.d_hidden), spectral_norm=self.spectral_norm)
+                         d_hidden=list(self.d_hidden), spectral_norm=self.spectral_norm,
+                         conditional_bn=self.conditional_bn)
 
     def digest(self) -> str:
         """What a resume file must match (logging-only keys excluded)."""
@@ -132,11 +141,25 @@ class GanState:
 def d_loss_fn(kind, real_scores, fake_scores):
     if kind == "hinge":
         return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+    if kind == "rpgan":  # relativistic pairing: real i should outscore fake i
+        return F.softplus(fake_scores - real_scores).mean()
     return F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
 
 
-def g_loss_fn(kind, fake_scores):
-    return -fake_scores.mean() if kind == "hinge" else F.softplus(-fake_scores).mean()
+def g_loss_fn(kind, fake_scores, real_scores=None):
+    if kind == "hinge":
+        return -fake_scores.mean()
+    if kind == "rpgan":  # fake i should outscore real i (D's scores of real from its update)
+        return F.softplus(real_scores - fake_scores).mean()
+    return F.softplus(-fake_scores).mean()
+
+
+def r1_penalty(D, real, labels):
+    """Mescheder et al. 2018: the mean squared norm of D's gradient at real digits (pulls D
+    flat where the data is: a zero-centred penalty)."""
+    real = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(real, labels).sum(), real, create_graph=True)
+    return grad.float().pow(2).sum(dim=(1, 2, 3)).mean()
 
 
 def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
@@ -150,7 +173,11 @@ def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
         fake = s.G_train(z, fake_labels)
         # (1) D: minimise hinge/BCE loss: score real (x, y) high, generated (G(z, y), y) low
         scores = s.D_train(torch.cat([real, fake.detach()]), torch.cat([labels, fake_labels]))  # one pass
-        loss_d = d_loss_fn(p.loss, scores[:len(real)].float(), scores[len(real):].float())
+        real_scores = scores[:len(real)].float()
+        loss_d = d_loss_fn(p.loss, real_scores, scores[len(real):].float())
+        # (1b) with r1, on every r1_every-th step: keep D's gradient small at real digits
+        if p.r1 and s.step % p.r1_every == 0:
+            loss_d = loss_d + p.r1 / 2 * p.r1_every * r1_penalty(s.D_train, real, labels)
     s.opt_d.zero_grad(set_to_none=True)
     d_ok = s.world.all_finite(loss_d)
     if d_ok:
@@ -159,7 +186,7 @@ def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
     # (2) G: maximise D's score of G(z, y) under label y (non-saturating / hinge generator
     # loss); with mode_seeking, also make two noises for one label draw different digits
     with s.autocast():
-        loss_g = g_loss_fn(p.loss, s.D_train(fake, fake_labels).float())
+        loss_g = g_loss_fn(p.loss, s.D_train(fake, fake_labels).float(), real_scores.detach())
         if p.mode_seeking:
             loss_g = loss_g + p.mode_seeking * mode_seeking_loss(fake.float(), z)
     s.opt_g.zero_grad(set_to_none=True)

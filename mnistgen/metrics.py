@@ -27,26 +27,46 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
 
 def knn_radii(points: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
     """Distance from each point to its k-th nearest other point (chunked: bounded memory)."""
-    # k + 1: the point itself is at distance 0
-    return torch.cat([torch.cdist(points[i:i + chunk], points).kthvalue(k + 1, dim=1).values
-                      for i in range(0, len(points), chunk)])
+    # k + 1: the point itself is at distance 0; topk of a few is faster than kthvalue here
+    return torch.cat([torch.cdist(points[i:i + chunk], points).topk(k + 1, dim=1, largest=False)
+                      .values[:, k] for i in range(0, len(points), chunk)])
 
 
-def coverage_share(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
-    """Share of queries inside the union of balls B(centre_i, radius_i)."""
-    inside = torch.zeros(len(queries), dtype=torch.bool)
-    for i in range(0, len(queries), 1024):
-        d = torch.cdist(queries[i:i + 1024], centres)
-        inside[i:i + 1024] = (d <= radii[None, :]).any(dim=1)
-    return float(inside.double().mean())
+class RealManifold:
+    """The real features (N, D) and their k-NN radii: computed once, read by every row."""
+
+    def __init__(self, real: np.ndarray, k: int):
+        self.points = torch.as_tensor(real, dtype=torch.float64)
+        self.radii = knn_radii(self.points, k)
+        self.k = k
+
+    def precision_recall(self, fake: np.ndarray, chunk: int = 1024) -> tuple[float, float]:
+        """Improved precision/recall (Kynkäänniemi et al. 2019) of `fake` (M, D): the share
+        of fakes inside the union of real balls, and of reals inside the union of fake
+        balls; one distance matrix (fake x real, chunked) serves both."""
+        fake_t = torch.as_tensor(fake, dtype=torch.float64)
+        fake_radii = knn_radii(fake_t, self.k)
+        inside_real = torch.zeros(len(fake_t), dtype=torch.bool)
+        covered = torch.zeros(len(self.points), dtype=torch.bool)
+        for i in range(0, len(fake_t), chunk):
+            d = torch.cdist(fake_t[i:i + chunk], self.points)  # (chunk, N)
+            inside_real[i:i + chunk] = (d <= self.radii[None, :]).any(dim=1)
+            covered |= (d <= fake_radii[i:i + chunk, None]).any(dim=0)
+        return float(inside_real.double().mean()), float(covered.double().mean())
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
     """Improved precision/recall (Kynkäänniemi et al. 2019) with k-NN manifolds."""
-    real_t, fake_t = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
-    precision = coverage_share(fake_t, real_t, knn_radii(real_t, k))
-    recall = coverage_share(real_t, fake_t, knn_radii(fake_t, k))
-    return precision, recall
+    return RealManifold(real, k).precision_recall(fake)
+
+
+def nearest_distances(queries: np.ndarray, references: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """(N,) distance from each query (N, D) to its nearest reference (M, D), in float32 (a
+    median is read from it, not a boundary)."""
+    q = torch.as_tensor(queries, dtype=torch.float32)
+    r = torch.as_tensor(references, dtype=torch.float32)
+    return torch.cat([torch.cdist(q[i:i + chunk], r).min(dim=1).values
+                      for i in range(0, len(q), chunk)]).double().numpy()
 
 
 def mean_pairwise_distance(points: np.ndarray, chunk: int = 1024) -> float:

@@ -145,6 +145,9 @@ class GanConfig:
     g_hidden: list[int]
     d_hidden: list[int]
     spectral_norm: bool
+    # conv G: every BatchNorm also takes a per-class gain and bias. False for checkpoints
+    # written before it existed, so they still load.
+    conditional_bn: bool = False
 
 
 def _mlp(sizes, act, norm=None, sn=False):
@@ -173,7 +176,8 @@ class Generator(nn.Module):
         channels = list(cfg.g_hidden)  # at 7x7, 14x14 (, 28x28)
         self.act = nn.LeakyReLU(0.2, inplace=True)
         self.project = nn.Linear(2 * cfg.latent_dim, channels[0] * 49)
-        self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
+        norm = ClassBatchNorm if cfg.conditional_bn else (lambda c: nn.BatchNorm2d(c))
+        self.norms = nn.ModuleList(norm(c) for c in channels)
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(channels, channels[1:]))
         self.out = nn.Conv2d(channels[-1], 1, 3, padding=1)
 
@@ -182,12 +186,33 @@ class Generator(nn.Module):
         if self.cfg.arch == "mlp":
             return torch.tanh(self.out(self.body(x))).view(-1, 1, 28, 28)
         h = self.project(x).unflatten(1, (self.cfg.g_hidden[0], 7, 7))
-        h = self.act(self.norms[0](h))
-        for conv, norm in zip(self.convs, self.norms[1:]):  # 7 -> 14 (-> 28), nearest upsampling
-            h = self.act(norm(conv(F.interpolate(h, scale_factor=2))))
+        h = self.act(self._norm(0, h, labels))
+        for i, conv in enumerate(self.convs, 1):  # 7 -> 14 (-> 28), nearest upsampling
+            h = self.act(self._norm(i, conv(F.interpolate(h, scale_factor=2)), labels))
         if h.shape[-1] < 28:
             h = F.interpolate(h, scale_factor=2)
         return torch.tanh(self.out(h))
+
+
+    def _norm(self, i, h, labels):
+        return self.norms[i](h, labels) if self.cfg.conditional_bn else self.norms[i](h)
+
+
+class ClassBatchNorm(nn.Module):
+    """BatchNorm whose gain and bias depend on the digit asked for (conditional BN, as in
+    de Vries et al. 2017 / BigGAN): (N, C, H, W), labels (N,) -> (N, C, H, W). Starts as a
+    plain BatchNorm (gain 1, bias 0 for every class); costs 2C numbers per class."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(10, channels)
+        self.bias = nn.Embedding(10, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, h, labels):
+        return self.norm(h) * self.gain(labels)[:, :, None, None] + self.bias(labels)[:, :, None, None]
 
 
 class Discriminator(nn.Module):

@@ -16,14 +16,16 @@ LABELS = {"real_test": "real test digits (reference)", "inverted_softmax": "seed
 
 def table(summary: dict, judge: dict) -> str:
     floor = summary["floor_frechet"]
+    nearest_real = summary["rows"].get("real_test", {}).get("nearest_train")
     lines = ["| generator | judge accuracy | Fréchet distance (x floor) | precision | recall "
-             "| diversity | CAS |", "|---|---|---|---|---|---|---|"]
+             "| nearest training digit (x real) | diversity | CAS |", "|---|---|---|---|---|---|---|---|"]
     order = lambda name: (name != "real_test", name != "inverted_softmax", name == "gan", name)  # noqa: E731
     for name in sorted(summary["rows"], key=order):
         row = summary["rows"][name]
         ratio = row["frechet"] / floor if floor else float("inf")
         lines.append(f"| {LABELS.get(name, name)} | {row['accuracy']:.2%} | {row['frechet']:.2f} "
                      f"({ratio:.1f}x) | {row['precision']:.3f} | {row['recall']:.3f} "
+                     f"| {row['nearest_train']:.2f} ({row['nearest_train'] / nearest_real:.2f}x) "
                      f"| {row['diversity']:.2f} | {row['cas']:.2%} |")
     lines.append("")
     lines.append(f"Judge test accuracy {judge['test_accuracy']:.2%}. The real row's Fréchet "

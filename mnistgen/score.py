@@ -24,10 +24,11 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from mnistgen.data import DataError, load_arrays
-from mnistgen.judging import load_judge
+from mnistgen.judging import features_and_predictions, load_judge
+from mnistgen.metrics import frechet_distance
 from mnistgen.params import load_section
 from mnistgen.runtime import prepare, write_json
-from mnistgen.scoring import (EvaluateParams, generator_pick, judge_scores, reference, rounded,
+from mnistgen.scoring import (EvaluateParams, generator_pick, nearest_train, reference, rounded,
                               score_row)
 from mnistgen.stage import run
 
@@ -93,13 +94,13 @@ def score_file(*, samples: Path, params: EvaluateParams, data: Path, judge_path:
     judge = load_judge(judge_path, device)
     ref = reference(params=params, arrays=arrays, judge=judge)
     pick = generator_pick(labels, params.per_class, params.seed)
-    row, _ = score_row(images=images[pick], labels=labels[pick], judge=judge,
-                       ref_features=ref["features"], params=params, test_x=ref["test_x"],
-                       test_y=ref["test_y"], device=device)
-    test_images, test_labels = ref["test_row"]  # the real-vs-real floor, as evaluate's real row
-    floor = judge_scores(images=test_images, labels=test_labels.astype(np.int64), judge=judge,
-                         ref_features=ref["features"], k=params.k)["frechet"]
-    return {"row": rounded(row), "floor_frechet": rounded(floor), "samples": str(samples)}
+    row, _ = score_row(images=images[pick], labels=labels[pick], judge=judge, ref=ref,
+                       params=params, device=device)
+    test_images, _ = ref["test_row"]  # the real-vs-real floor, as evaluate's real row
+    test_feats, test_preds = features_and_predictions(judge, test_images)
+    floor = frechet_distance(ref["features"], test_feats)
+    return {"row": rounded(row), "floor_frechet": rounded(floor),
+            "real_nearest_train": rounded(nearest_train(test_feats, ref)), "samples": str(samples)}
 
 
 def main(argv=None):
@@ -116,7 +117,9 @@ def main(argv=None):
     write_json(out, result)
     row, floor = result["row"], result["floor_frechet"]
     print(f"score: {args.samples}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items())
-          + f" (Fréchet {row['frechet'] / floor:.1f}x the real-vs-real floor {floor:.4f}) -> {out}")
+          + f" (Fréchet {row['frechet'] / floor:.1f}x the real-vs-real floor {floor:.4f}; nearest "
+          f"training digit {row['nearest_train'] / result['real_nearest_train']:.2f}x real test "
+          f"digits') -> {out}")
 
 
 if __name__ == "__main__":

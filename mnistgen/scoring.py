@@ -18,7 +18,7 @@ from mnistgen.classifier import accuracy, train_classifier
 from mnistgen.data import DataError
 from mnistgen.images import to_model_input
 from mnistgen.judging import features_and_predictions
-from mnistgen.metrics import frechet_distance, precision_recall, within_class_diversity
+from mnistgen.metrics import RealManifold, frechet_distance, nearest_distances, within_class_diversity
 from mnistgen.models import Judge, JudgeConfig
 from mnistgen.params import ParamsError, RunParams, field
 from mnistgen.progress import Progress
@@ -79,63 +79,79 @@ def cas(*, images, labels, test_x, test_y, params: EvaluateParams, device, on_lo
     return accuracy(model, test_x, test_y, device)
 
 
-def score_row(*, images, labels, judge, ref_features, params, test_x, test_y, device,
-              cas_train=None, on_log=None) -> tuple[dict, dict]:
-    """Summary and per-class metrics of one row of samples (class-major order). CAS trains
-    on the row's own digits, or on `cas_train` = (images, labels) when given."""
+def score_row(*, images, labels, judge, ref: dict, params, device, cas_train=None,
+              on_log=None) -> tuple[dict, dict]:
+    """Summary and per-class metrics of one row of samples (class-major order), against
+    `ref` (see `reference`). CAS trains on the row's own digits, or on `cas_train` =
+    (images, labels) when given."""
     cas_images, cas_labels = cas_train if cas_train is not None else (images, labels)
     feats, preds = features_and_predictions(judge, images)
     diversity = within_class_diversity(feats, labels)
-    summary = {**judge_summary(feats, preds, labels, ref_features, params.k),
+    summary = {**judge_summary(feats, preds, labels, ref),
+               "nearest_train": nearest_train(feats, ref),
                "diversity": float(np.mean(list(diversity.values()))),
-               "cas": cas(images=cas_images, labels=cas_labels, test_x=test_x, test_y=test_y,
-                          params=params, device=device, on_log=on_log)}
+               "cas": cas(images=cas_images, labels=cas_labels, test_x=ref["test_x"],
+                          test_y=ref["test_y"], params=params, device=device, on_log=on_log)}
     ref_labels = np.arange(10).repeat(params.per_class)
     per_class = {str(c): {"accuracy": float((preds[labels == c] == c).mean()),
-                          "frechet": frechet_distance(ref_features[ref_labels == c], feats[labels == c]),
+                          "frechet": frechet_distance(ref["features"][ref_labels == c], feats[labels == c]),
                           "diversity": diversity[c]} for c in range(10)}
     return summary, per_class
 
 
-def judge_summary(feats, preds, labels, ref_features, k: int) -> dict:
+def judge_summary(feats, preds, labels, ref: dict) -> dict:
     """Accuracy, Fréchet distance, precision and recall of a row from its judge features
     (N, feature_dim) and predictions (N,)."""
-    precision, recall = precision_recall(ref_features, feats, k=k)
-    return {"accuracy": float((preds == labels).mean()), "frechet": frechet_distance(ref_features, feats),
+    precision, recall = ref["manifold"].precision_recall(feats)
+    return {"accuracy": float((preds == labels).mean()), "frechet": frechet_distance(ref["features"], feats),
             "precision": precision, "recall": recall}
 
 
-def judge_scores(*, images, labels, judge, ref_features, k: int) -> dict:
-    """The judge-only part of a row's summary (no diversity, no CAS)."""
+def nearest_train(feats: np.ndarray, ref: dict) -> float:
+    """Median distance (judge features) from a row's digits to their nearest training digit,
+    all 60,000: a generator that copies its training digits sits closer than real test
+    digits do. Repeated digits (the inverted generators draw ten) are searched once."""
+    unique, back = np.unique(feats, axis=0, return_inverse=True)
+    return float(np.median(nearest_distances(unique, ref["train_features"])[back.ravel()]))
+
+
+def judge_scores(*, images, labels, judge, ref: dict) -> dict:
+    """The judge-only part of a row's summary (no nearness, diversity or CAS)."""
     feats, preds = features_and_predictions(judge, images)
-    return judge_summary(feats, preds, labels, ref_features, k)
+    return judge_summary(feats, preds, labels, ref)
 
 
-def calibrate(*, images, labels, judge, ref_features, k: int) -> dict:
+def calibrate(*, images, labels, judge, ref: dict) -> dict:
     """The real test digits under each harmless and harmful change of mnistgen.transforms,
     scored like a generator: {change: {kind, accuracy, frechet, precision, recall}}."""
     return {name: {"kind": kind, **judge_scores(images=change(images, labels), labels=labels,
-                                                judge=judge, ref_features=ref_features, k=k)}
+                                                judge=judge, ref=ref)}
             for name, (kind, change) in CALIBRATION.items()}
 
 
+def ratios(rows: dict, name: str) -> dict:
+    """A row's Fréchet distance over the real-vs-real floor, and its distance to the nearest
+    training digit over real test digits' (below 1: closer to the training set than new
+    real digits: copying)."""
+    real = rows[REAL]
+    return {"frechet_x_floor": rows[name]["frechet"] / real["frechet"],
+            "nearest_train_x_real": rows[name]["nearest_train"] / real["nearest_train"]}
+
+
 def score_metrics(rows: dict) -> dict:
-    """MLflow metrics of every row of a summary: `<row>/<metric>` and `<row>/frechet_x_floor`
-    (what evaluate's run and the pipeline run show)."""
-    floor = rows[REAL]["frechet"]
+    """MLflow metrics of every row of a summary: `<row>/<metric>` and its ratios (what
+    evaluate's run and the pipeline run show)."""
     scores = {}
     for name, row in rows.items():
-        scores |= {f"{name}/{k}": v for k, v in row.items()}
-        scores[f"{name}/frechet_x_floor"] = row["frechet"] / floor
+        scores |= {f"{name}/{k}": v for k, v in {**row, **ratios(rows, name)}.items()}
     return scores
 
 
 def final_metrics(rows: dict, name: str) -> dict:
     """`final/*` metrics of one generator's row, with the real-vs-real floor beside them
     (what its training run and logged model show)."""
-    floor = rows[REAL]["frechet"]
-    return {**{f"final/{k}": v for k, v in rows[name].items()}, "final/frechet_floor": floor,
-            "final/frechet_x_floor": rows[name]["frechet"] / floor}
+    return {**{f"final/{k}": v for k, v in {**rows[name], **ratios(rows, name)}.items()},
+            "final/frechet_floor": rows[REAL]["frechet"]}
 
 
 def rounded(obj, digits=5):
@@ -168,13 +184,16 @@ def sample_rows(samples_dir: Path, per_class: int, seed: int) -> tuple[dict, dic
 
 def reference(*, params: EvaluateParams, arrays: dict, judge) -> dict:
     """What every row is scored against, the same for evaluate and mnistgen.score:
-    `per_class` real training digits per class (train_row, their judge features), the real
-    test row, and the whole test set for CAS (test_x, test_y)."""
+    `per_class` real training digits per class (train_row, their judge features and k-NN
+    manifold), the judge features of all training digits (nearest_train), the real test
+    row, and the whole test set for CAS (test_x, test_y)."""
     gen = np.random.default_rng(params.seed)
     ref_idx = per_class_pick(arrays["train_labels"], params.per_class, gen)
     train_row = (arrays["train_images"][ref_idx], arrays["train_labels"][ref_idx].astype(np.int64))
     test_idx = per_class_pick(arrays["test_labels"], params.per_class, gen)
-    return {"train_row": train_row, "features": features_and_predictions(judge, train_row[0])[0],
+    features = features_and_predictions(judge, train_row[0])[0]
+    return {"train_row": train_row, "features": features, "manifold": RealManifold(features, params.k),
+            "train_features": features_and_predictions(judge, arrays["train_images"])[0],
             "test_row": (arrays["test_images"][test_idx], arrays["test_labels"][test_idx]),
             "test_x": to_model_input(arrays["test_images"]),
             "test_y": torch.as_tensor(arrays["test_labels"]).long()}
@@ -188,7 +207,7 @@ def evaluate(*, params: EvaluateParams, arrays: dict, judge, samples_dir: Path,
     ref = reference(params=params, arrays=arrays, judge=judge)
     test_images, test_labels = ref["test_row"]
     calibration = calibrate(images=test_images, labels=test_labels.astype(np.int64), judge=judge,
-                            ref_features=ref["features"], k=params.k)
+                            ref=ref)
     rows = {REAL: ref["test_row"]}
     generated, sources = sample_rows(samples_dir, params.per_class, params.seed)
     rows.update(generated)
@@ -197,9 +216,8 @@ def evaluate(*, params: EvaluateParams, arrays: dict, judge, samples_dir: Path,
     progress = Progress("evaluate", total=len(rows) * steps, per_step=params.cas_batch_size)
     for row, (name, (images, labels)) in enumerate(rows.items()):
         summary[name], per_class[name] = score_row(
-            images=images, labels=labels.astype(np.int64), judge=judge,
-            ref_features=ref["features"], params=params, test_x=ref["test_x"],
-            test_y=ref["test_y"], device=device,
+            images=images, labels=labels.astype(np.int64), judge=judge, ref=ref, params=params,
+            device=device,
             # real-data CAS trains on as many real *training* digits, never on the test set
             cas_train=ref["train_row"] if name == REAL else None,
             on_log=lambda step, loss, row=row: progress.update(row * steps + step, row=row + 1,

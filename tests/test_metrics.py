@@ -58,3 +58,14 @@ def test_diversity_is_zero_for_copies_and_positive_otherwise():
     labels = np.array([0] * 20 + [1] * 4)
     per_class = within_class_diversity(np.concatenate([copies, spread]), labels)
     assert per_class[0] == 0.0 and per_class[1] == pytest.approx(np.sqrt(2))
+
+
+def test_copies_of_training_digits_sit_at_distance_zero_new_ones_do_not():
+    """The novelty check's measure: a generator that copies its training set is caught."""
+    from mnistgen.metrics import nearest_distances
+
+    rng = np.random.default_rng(0)
+    train, new = rng.normal(size=(500, 8)), rng.normal(size=(100, 8))
+    assert np.allclose(nearest_distances(train[:100], train), 0.0, atol=1e-2)  # float32
+    assert np.median(nearest_distances(new, train)) > 0.5
+    assert nearest_distances(new, train).shape == (100,)

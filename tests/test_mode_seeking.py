@@ -29,7 +29,8 @@ def test_loss_is_noise_distance_over_image_distance():
 
 def test_minimising_it_pulls_pairs_of_one_label_apart():
     torch.manual_seed(0)
-    G = Generator(GanConfig(arch="conv", latent_dim=8, g_hidden=[8, 8, 4], d_hidden=[8, 8, 8], spectral_norm=False))
+    G = Generator(GanConfig(arch="conv", latent_dim=8, g_hidden=[8, 8, 4], d_hidden=[8, 8, 8], spectral_norm=False,
+                            conditional_bn=False))
     opt = torch.optim.Adam(G.parameters(), lr=1e-2)
     z, labels = torch.randn(32, 8), paired(torch.arange(32) % 10)
 

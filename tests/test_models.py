@@ -11,7 +11,8 @@ def test_shapes():
     x = torch.randn(5, 1, 28, 28)
     judge = Judge(JudgeConfig(channels=[8, 16], feature_dim=32, input_blur=1.5, pool="blur"))
     assert judge(x).shape == (5, 10) and judge.embed(x).shape == (5, 32)
-    cfg = GanConfig(arch="mlp", latent_dim=16, g_hidden=[32, 64], d_hidden=[64, 32], spectral_norm=True)
+    cfg = GanConfig(arch="mlp", latent_dim=16, g_hidden=[32, 64], d_hidden=[64, 32], spectral_norm=True,
+                    conditional_bn=False)
     G, D = Generator(cfg), Discriminator(cfg)
     labels = torch.arange(5)
     images = G(torch.randn(5, 16), labels)
@@ -21,7 +22,7 @@ def test_shapes():
     assert packed.shape == (5, 784) and 0 <= packed.min() and packed.max() <= 1
     for channels in ([16, 8], [16, 8, 4]):  # conv G: 7x7 -> 14x14 (-> a 28x28 stage) -> 1 channel
         conv = Generator(GanConfig(arch="conv", latent_dim=16, g_hidden=channels, d_hidden=[8, 8, 8],
-                                  spectral_norm=False))
+                                  spectral_norm=False, conditional_bn=False))
         assert conv(torch.randn(5, 16), labels).shape == (5, 1, 28, 28)
         assert len(conv.convs) == len(channels) - 1 and conv.out.in_channels == channels[-1]
     inv = InvertedGenerator(InvertedConfig(output="softmax"))
@@ -31,9 +32,45 @@ def test_shapes():
 
 def test_projection_discriminator_depends_on_the_label():
     D = Discriminator(GanConfig(arch="mlp", latent_dim=4, g_hidden=[16], d_hidden=[16],
-                                spectral_norm=False))
+                                spectral_norm=False, conditional_bn=False))
     x = torch.randn(1, 1, 28, 28)
     assert D(x, torch.tensor([0])) != D(x, torch.tensor([1]))
+
+
+def test_conditional_batchnorm_starts_plain_and_learns_a_gain_and_bias_per_digit():
+    from mnistgen.models import ClassBatchNorm
+
+    torch.manual_seed(0)
+    norm, plain = ClassBatchNorm(4), torch.nn.BatchNorm2d(4)
+    h, labels = torch.randn(8, 4, 7, 7), torch.arange(8) % 10
+    assert torch.allclose(norm(h, labels), plain(h), atol=1e-6)  # gain 1, bias 0 to start
+    with torch.no_grad():
+        norm.bias.weight[3] += 1.0  # digit 3 only
+    moved = (norm(h, labels) - plain(h)).mean(dim=(1, 2, 3))
+    assert torch.allclose(moved, (labels == 3).float(), atol=1e-5)
+    G = Generator(GanConfig(arch="conv", latent_dim=8, g_hidden=[8, 4], d_hidden=[8, 8, 8],
+                            spectral_norm=False, conditional_bn=True))
+    assert sum(isinstance(m, ClassBatchNorm) for m in G.modules()) == 2
+    assert G(torch.randn(3, 8), torch.tensor([1, 2, 3])).shape == (3, 1, 28, 28)
+
+
+def test_r1_is_the_squared_gradient_norm_at_real_digits():
+    from mnistgen.gan import r1_penalty
+
+    w = torch.randn(1, 1, 28, 28)  # D(x) = <w, x>: the gradient is w wherever x is
+    penalty = r1_penalty(lambda x, labels: (x * w).sum(dim=(1, 2, 3)), torch.randn(5, 1, 28, 28),
+                         torch.zeros(5, dtype=torch.long))
+    assert torch.allclose(penalty, w.pow(2).sum())
+
+
+def test_relativistic_pairing_compares_each_fake_with_its_real():
+    from mnistgen.gan import d_loss_fn, g_loss_fn
+
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0])
+    # D wins pair 0 by 2 and ties pair 1: softplus(-2) and softplus(0)
+    expected = (torch.nn.functional.softplus(torch.tensor(-2.0)) + torch.log(torch.tensor(2.0))) / 2
+    assert torch.allclose(d_loss_fn("rpgan", real, fake), expected)
+    assert torch.allclose(g_loss_fn("rpgan", fake, real), d_loss_fn("rpgan", fake, real))
 
 
 def test_checkpoint_rebuilds_the_model_from_the_file_alone(tmp_path):

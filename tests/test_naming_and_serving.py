@@ -14,7 +14,7 @@ from mnistgen.runtime import pick_device
 from mnistgen.serving import requests
 
 GAN_CONFIG = {"arch": "conv", "latent_dim": 8, "g_hidden": [8, 8, 4], "d_hidden": [8, 8, 8],
-              "spectral_norm": False}
+              "spectral_norm": False, "conditional_bn": False}
 BASE = {"lr_g": 0.0004, "lr_d": 0.0004, "g_hidden": [64, 32, 16], "seed": 0}
 
 

@@ -45,7 +45,7 @@ def test_typo_names_the_key_and_suggests_the_right_one():
     ({"lr_g": -0.1}, r"train_gan\.lr_g: must be > 0.0"),
     ({"lr_g": 0}, r"train_gan\.lr_g: must be > 0.0, got 0.0"),
     ({"batch_size": 1}, r"train_gan\.batch_size: must be >= 2"),
-    ({"loss": "wasserstein"}, r"train_gan\.loss: expected one of \['hinge', 'bce'\]"),
+    ({"loss": "wasserstein"}, r"train_gan\.loss: expected one of \['hinge', 'bce', 'rpgan'\]"),
     ({"g_hidden": 256}, r"train_gan\.g_hidden: expected a list of int"),
     ({"g_hidden": [256, 0]}, r"train_gan\.g_hidden\[1\]: must be >= 1"),
     ({"g_hidden": []}, r"train_gan\.g_hidden: list at least one layer width"),

@@ -58,7 +58,7 @@ def test_metrics_have_every_row_and_score(built_pipeline):
     summary = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
     assert set(summary["rows"]) == {"real_test", "inverted_softmax", "inverted_sigmoid", "gan"}
     for row in summary["rows"].values():
-        assert set(row) == {"accuracy", "frechet", "precision", "recall", "diversity", "cas"}
+        assert set(row) == {"accuracy", "frechet", "precision", "recall", "nearest_train", "diversity", "cas"}
         assert 0 <= row["accuracy"] <= 1 and row["frechet"] >= 0
     assert summary["floor_frechet"] == summary["rows"]["real_test"]["frechet"]
     # the seed's generator draws one image per digit: no diversity, no recall

@@ -27,11 +27,13 @@ def test_readme_table_is_the_one_generated_from_the_committed_metrics():
 
 
 def test_table_has_a_row_per_generator_and_the_floor():
-    row = {"accuracy": 0.5, "frechet": 20.0, "precision": 0.5, "recall": 0.25, "diversity": 3.0, "cas": 0.9}
-    summary = {"floor_frechet": 2.0, "rows": {"real_test": {**row, "frechet": 2.0}, "gan": row}}
+    row = {"accuracy": 0.5, "frechet": 20.0, "precision": 0.5, "recall": 0.25, "nearest_train": 3.0,
+           "diversity": 3.0, "cas": 0.9}
+    summary = {"floor_frechet": 2.0, "rows": {"real_test": {**row, "frechet": 2.0, "nearest_train": 2.0},
+                                              "gan": row}}
     out = render(f"intro\n{START}\nstale\n{END}\noutro\n", summary=summary, judge={"test_accuracy": 0.994})
     assert "stale" not in out and out.startswith("intro\n") and out.endswith("outro\n")
-    assert "| conditional GAN | 50.00% | 20.00 (10.0x) | 0.500 | 0.250 | 3.00 | 90.00% |" in out
+    assert "| conditional GAN | 50.00% | 20.00 (10.0x) | 0.500 | 0.250 | 3.00 (1.50x) | 3.00 | 90.00% |" in out
     assert "99.40%" in out
 
 

@@ -57,6 +57,19 @@ def test_second_repro_changes_nothing_in_dvc_or_the_store(repo):
     assert store_counts(repo) == before
 
 
+def repro_train_gan_with(repo, changes: dict):
+    """`dvc repro train_gan` with train_gan's params changed, then params.yaml as it was."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    good = dict(params["train_gan"])
+    params["train_gan"].update(changes)
+    write_params(repo, params)
+    try:
+        return dvc(repo, "repro", "train_gan", check=False)
+    finally:
+        params["train_gan"] = good
+        write_params(repo, params)
+
+
 @pytest.mark.parametrize("key, value, phrase", [
     ("lr_gg", 0.1, "train_gan.lr_gg: unknown key (did you mean 'lr_g'?)"),
     ("batch_size", 1002, "train_gan.batch_size 1002 is larger than the 1000 training images"),
@@ -67,15 +80,7 @@ def test_bad_param_stops_with_the_key_named_and_outputs_intact(repo, key, value,
     so before DVC removes any of train_gan's outputs."""
     before = (repo / "dvc.lock").read_text()
     model = (repo / "models/gan.pt").read_bytes()
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    good = dict(params["train_gan"])
-    params["train_gan"][key] = value
-    write_params(repo, params)
-    try:
-        result = dvc(repo, "repro", "train_gan", check=False)
-    finally:
-        params["train_gan"] = good
-        write_params(repo, params)
+    result = repro_train_gan_with(repo, {key: value})
     output = result.stdout + result.stderr
     assert result.returncode != 0 and phrase in output, output
     assert "Running stage 'train_gan'" not in output
@@ -126,15 +131,7 @@ def test_a_failure_after_dvc_removed_the_outputs_names_the_checkout_that_restore
     """A NaN loss only shows once training runs, after DVC removed train_gan's outputs: the
     message names `dvc checkout train_gan`, which brings back the last good model."""
     model = (repo / "models/gan.pt").read_bytes()
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    good = dict(params["train_gan"])
-    params["train_gan"].update(lr_d=1e30, lr_g=1e30)
-    write_params(repo, params)
-    try:
-        result = dvc(repo, "repro", "train_gan", check=False)
-    finally:
-        params["train_gan"] = good
-        write_params(repo, params)
+    result = repro_train_gan_with(repo, {"lr_d": 1e30, "lr_g": 1e30})
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "non-finite loss at step" in output
     assert "`dvc checkout train_gan` restores its last good outputs" in output
