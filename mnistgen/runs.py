@@ -58,7 +58,7 @@ def start_run(*, stage: str, params: dict, settings: TrackingParams, run_id: str
     uri, root = tracking_uri(), repo_root()
     check_store(uri)
     client = open_client(uri)
-    with store_lock(uri):
+    with store_lock(uri), _refused_by_store(uri):
         experiment_id = prepare_store(client, uri)
         if run_id is not None and _run_exists(client, run_id):
             parent = _reopen(client, run_id)
@@ -75,6 +75,22 @@ def start_run(*, stage: str, params: dict, settings: TrackingParams, run_id: str
         recorder.close("FAILED", error=str(err)[:5000])  # the UI shows why; the stage prints it too
         raise
     recorder.close("FINISHED")
+
+
+@contextlib.contextmanager
+def _refused_by_store(uri: str):
+    """A store that answers its health check and then fails to open a run (a server whose
+    database is gone or broken answers 5xx): one line before training, not MLflow's traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        if store_full(err):
+            raise
+        raise TrackingError(f"MLflow store {uri} answered but could not open a run "
+                            f"({' '.join(str(err).split())[:200]}); see the server's log, then "
+                            f"rerun") from err
 
 
 def prepare_store(client, uri: str) -> str:

@@ -35,11 +35,19 @@ def main(argv=None):
         with store.store_lock(uri):
             experiment_id = runs.prepare_store(client, uri)
             done = reconcile.reconcile(client, experiment_id, workspace)
-    except Exception as err:  # noqa: BLE001 - a server gone mid-way: one line, not a traceback
-        if isinstance(err, store.TrackingError) or not store.is_remote(uri) or store.reachable(uri):
+    except Exception as err:  # noqa: BLE001 - a server gone or failing: one line, not a traceback
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(err, store.TrackingError) or store.store_full(err):
             raise
-        raise store.TrackingError(f"MLflow tracking server {uri} went away while the store was "
-                                  f"brought in step; rerun `dvc repro` when it is back") from err
+        if store.is_remote(uri) and not store.reachable(uri):
+            raise store.TrackingError(f"MLflow tracking server {uri} went away while the store "
+                                      f"was brought in step; rerun `dvc repro` when it is back") from err
+        if isinstance(err, MlflowException):
+            raise store.TrackingError(f"MLflow store {uri} failed while it was brought in step "
+                                      f"({' '.join(str(err).split())[:200]}); see the server's "
+                                      f"log, then rerun `dvc repro`") from err
+        raise
     for line in done:
         print(f"sync_mlflow: {line}")
     if not done:

@@ -1,17 +1,19 @@
 """Stage scripts run directly against a trained shrunken project: faults and bad input
 (each must fail with a clear message, a non-zero exit, and leave earlier outputs and MLflow
 runs as they were), kill -9 and resume, and data-parallel training under torchrun."""
+import http.server
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import yaml
 
-from conftest import copy_repo, env_for, stage_runs
+from conftest import copy_repo, dvc, env_for, stage_runs
 from mnistgen import store
 
 pytestmark = pytest.mark.slow
@@ -107,6 +109,36 @@ def test_unreachable_tracking_server_is_reported_before_training(pipeline_repo):
     assert "train_gan: step" not in result.stdout
     assert not (pipeline_repo / ".resume/train_gan.pt").exists()
     assert not (pipeline_repo / ".mlflow-outbox").exists()
+
+
+def test_tracking_server_that_answers_but_fails_is_reported_in_one_line(pipeline_repo):
+    """A listener on the port (a server whose database is gone answers 503) passes the
+    reachability check; opening the run fails, and that is one line before training."""
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            self.send_response(503)
+            self.end_headers()
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    before = snapshot(pipeline_repo)
+    try:
+        result = train_gan(pipeline_repo, env={"MLFLOW_TRACKING_URI": uri})
+        sync = dvc(pipeline_repo, "repro", "-s", "sync_mlflow", check=False,
+                   env={**env_for(pipeline_repo), "MLFLOW_TRACKING_URI": uri})
+    finally:
+        server.shutdown()
+    assert_failed_cleanly(result, pipeline_repo, before, f"MLflow store {uri} answered but could not open a run")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "train_gan: step" not in result.stdout
+    # the stage that brings the store in step meets the same server: one line too
+    assert sync.returncode != 0 and "Traceback" not in sync.stdout + sync.stderr, sync.stderr
+    assert f"sync_mlflow: error: MLflow store {uri} failed" in sync.stdout + sync.stderr, sync.stderr
 
 
 def test_locked_tracking_store(pipeline_repo):
