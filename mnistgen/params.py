@@ -15,12 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from mnistgen.errors import ParamsError
+
 # the sections of params.yaml: one per stage of dvc.yaml, and `tracking` (MLflow only)
 SECTIONS = ("download", "train_judge", "train_inverted", "train_gan", "sample", "evaluate", "tracking")
-
-
-class ParamsError(ValueError):
-    """A problem in params.yaml, with the offending key in the message."""
 
 
 class ParamsLoader(yaml.SafeLoader):
@@ -116,17 +114,23 @@ def parse_section(raw: dict | None, cls, section: str):
     return obj
 
 
+def parse_yaml(text: str, source: str = "params.yaml"):
+    """YAML text as every reader of params in this project reads it (ParamsLoader: `4e-4` is
+    a number, a key written twice an error); ParamsError names `source`."""
+    try:
+        return yaml.load(text, Loader=ParamsLoader)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{source}: not valid YAML: {err}") from err
+    except ParamsError as err:
+        raise ParamsError(f"{source}: {err}") from None
+
+
 def read_params(path: str | Path) -> dict:
+    """params.yaml as a mapping of known sections (values not yet checked)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
-    with open(path) as f:
-        try:
-            data = yaml.load(f, Loader=ParamsLoader)
-        except yaml.YAMLError as err:
-            raise ParamsError(f"{path}: not valid YAML: {err}") from err
-        except ParamsError as err:
-            raise ParamsError(f"{path}: {err}") from None
+    data = parse_yaml(path.read_text(), source=str(path))
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     for name in data:
@@ -160,7 +164,7 @@ class RunParams:
     def check(self, section):
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
             raise ParamsError(f"{section}.device: expected auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
-        from mnistgen.runtime import pick_device  # torch, only once the spelling is right
+        from mnistgen.devices import pick_device  # torch, only once the spelling is right
 
         try:  # a device this machine lacks stops check_params, before DVC removes an output
             pick_device(self.device)

@@ -1,6 +1,7 @@
-"""Write the README's results table from metrics/*.json (never typed by hand).
+"""Write the results tables from metrics/*.json (never typed by hand): the README's, and
+the calibration table of docs/evaluation.md.
 
-Usage: python -m mnistgen.report README.md   (or `make readme`)
+Usage: python -m mnistgen.report README.md docs/evaluation.md   (or `make readme`)
 """
 from __future__ import annotations
 
@@ -50,22 +51,23 @@ def _replace(text: str, start: str, end: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
-def render(readme: str, *, summary: dict, judge: dict, calibration: dict | None = None) -> str:
-    """The README text with its tables rebuilt from evaluate.json (`summary`), judge.json
-    and calibration.json (where the README has a calibration table)."""
-    readme = _replace(readme, START, END, table(summary, judge))
-    if calibration is not None and CAL_START in readme:
-        readme = _replace(readme, CAL_START, CAL_END, calibration_table(calibration))
-    return readme
+def render(text: str, *, summary: dict, judge: dict, calibration: dict | None = None) -> str:
+    """The text with the tables it has rebuilt: the results table from evaluate.json
+    (`summary`) and judge.json, the calibration table from calibration.json."""
+    if START in text:
+        text = _replace(text, START, END, table(summary, judge))
+    if calibration is not None and CAL_START in text:
+        text = _replace(text, CAL_START, CAL_END, calibration_table(calibration))
+    return text
 
 
 def main(argv=None) -> int:
-    path = Path((argv or sys.argv[1:] or ["README.md"])[0])
-    metrics = path.parent / "metrics"
-    read = lambda name: json.loads((metrics / name).read_text())  # noqa: E731
-    path.write_text(render(path.read_text(), summary=read("evaluate.json"), judge=read("judge.json"),
-                           calibration=read("calibration.json")))
-    print(f"report: table in {path} updated from metrics/")
+    paths = [Path(p) for p in (argv or sys.argv[1:] or ["README.md", "docs/evaluation.md"])]
+    read = lambda name: json.loads((Path("metrics") / name).read_text())  # noqa: E731
+    for path in paths:
+        path.write_text(render(path.read_text(), summary=read("evaluate.json"), judge=read("judge.json"),
+                               calibration=read("calibration.json")))
+        print(f"report: tables in {path} updated from metrics/")
     return 0
 
 

@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistgen.params import ParamsError
+from mnistgen.devices import pick_device
+from mnistgen.errors import ProjectError
 
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ProjectError, RuntimeError):
     """A checkpoint is missing, corrupt, truncated or of the wrong kind."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ProjectError, RuntimeError):
     """Training went wrong in a way a param or a rerun can fix (a NaN loss, say)."""
 
 
@@ -54,31 +55,6 @@ def set_seed(seed: int) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         deterministic(True, warn_only=True)
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when present, else Apple's mps when present, else cpu; 'cpu', 'mps',
-    'cuda' or 'cuda:1' force a device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if mps_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParamsError(f"device '{name}' requested but CUDA is not available on this machine; "
-                          f"set device: auto or cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ParamsError(f"device '{name}' requested but this machine has "
-                          f"{torch.cuda.device_count()} CUDA device(s); set device: cuda or auto")
-    if device.type == "mps" and not mps_available():
-        raise ParamsError(f"device '{name}' requested but Apple's MPS is not available on this "
-                          f"machine; set device: auto or cpu")
-    return device
-
-
-def mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
 
 
 def set_threads(threads: int) -> int:
@@ -185,6 +161,14 @@ def write_json(path: Path, obj) -> None:
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
     atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """A CSV that write_csv wrote: one {column: text} per row."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def save_checkpoint(path: Path, *, kind: str, models: dict, config: dict, extra: dict | None = None):

@@ -22,6 +22,11 @@ class SampleParams(RunParams):
     grid_columns: int = field(lo=1, hi=100, doc="samples per row in the grids")
 
 
+def grid_path(figures_dir: Path, name: str) -> Path:
+    """The grid of one generator's digits (one row per digit) in `figures_dir`."""
+    return Path(figures_dir) / f"grid_{name}.png"
+
+
 def draw_samples(drawer: Drawer, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (10*per_class, 784) and labels, in class-major order."""
     labels = torch.arange(10).repeat_interleave(per_class)
@@ -58,6 +63,6 @@ def write_samples(drawers: list[Drawer], *, params: SampleParams, samples_dir: P
         cols = min(params.grid_columns, params.per_class)
         picks = (np.arange(10)[:, None] * params.per_class + np.arange(cols)[None, :]).ravel()
         pictures[drawer.name] = grid(images[picks], rows=10)
-        save_png(pictures[drawer.name], Path(figures_dir) / f"grid_{drawer.name}.png")
+        save_png(pictures[drawer.name], grid_path(figures_dir, drawer.name))
     save_png(comparison(pictures), Path(figures_dir) / "comparison.png")
     return list(pictures)

@@ -1,5 +1,6 @@
 """What every stage script shares: the command line and turning known failures into one
-clear line on stderr with a non-zero exit (never a traceback for bad input)."""
+clear line on stderr with a non-zero exit (never a traceback for bad input). It knows
+nothing of MLflow: the recording layer raises its problems as ProjectErrors too."""
 from __future__ import annotations
 
 import argparse
@@ -8,13 +9,8 @@ import os
 import sys
 import time
 
-from mnistgen.data import DataError
-from mnistgen.params import ParamsError
-from mnistgen.runtime import CheckpointError, Interrupted, TrainingError
-from mnistgen.store import TrackingError, store_full, tracking_uri
-
-KNOWN_ERRORS = (ParamsError, DataError, CheckpointError, TrackingError, TrainingError)
-
+from mnistgen.errors import ProjectError
+from mnistgen.runtime import Interrupted
 
 # a write that fails for these reasons is the machine's problem, not a bug: one line
 FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -51,14 +47,15 @@ def outputs_note(stage: str, dvc_removes_outputs: bool) -> str:
 
 
 def run(stage: str, body, argv=None, dvc_removes_outputs: bool = True, command: bool = False) -> int:
-    """Call body(argv); report our own errors as `<stage>: error: ...`, exit 1; Ctrl-C exits
-    130. Each in one line that also says what became of the earlier outputs (a `command`,
+    """Call body(argv); report our own errors (mnistgen.errors.ProjectError: bad params,
+    data, checkpoints, training, the tracking store) as `<stage>: error: ...`, exit 1;
+    Ctrl-C exits 130. Each in one line that also says what became of the earlier outputs (a `command`,
     such as mnistgen.draw, has none to speak of). On success print the wall time and peak
     memory (the benchmark reads this line)."""
     note = "" if command else f" ({outputs_note(stage, dvc_removes_outputs)})"
     try:
         body(argv)
-    except KNOWN_ERRORS as err:
+    except ProjectError as err:
         print(f"{stage}: error: {err}{note}", file=sys.stderr)
         return 1
     except OSError as err:
@@ -73,12 +70,6 @@ def run(stage: str, body, argv=None, dvc_removes_outputs: bool = True, command: 
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; rerun to start again{note}", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - re-raised unless it is a full store
-        if not store_full(err):
-            raise
-        print(f"{stage}: error: the MLflow store's disk is full ({tracking_uri()}); free space "
-              f"and rerun: the run left open is marked FAILED then{note}", file=sys.stderr)
-        return 1
     wall, peak_mb = resources()
     print(f"{stage}: wall {wall:.1f} s, peak memory {peak_mb:.0f} MB")
     return 0

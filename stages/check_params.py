@@ -15,11 +15,12 @@ from pathlib import Path
 from mnistgen.runtime import atomic_write_bytes
 from mnistgen.sections import check_all
 from mnistgen.stage import parse_args, run
+from mnistgen.tracking.settings import TrackingParams
 
 
 def main(argv=None):
     args = parse_args(__doc__, ["out"], argv)
-    sections = check_all(args.params)
+    sections = check_all(args.params, recording={"tracking": TrackingParams})
     # the same bytes whatever the values, so a valid edit reruns only the stages it affects
     atomic_write_bytes(Path(args.out), f"valid sections: {', '.join(sections)}\n".encode())
     print(f"check_params: {args.params}: {len(sections)} sections valid")

@@ -15,13 +15,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mnistgen import registry, runs, store
 from mnistgen.data import load_arrays
 from mnistgen.judging import load_judge
 from mnistgen.params import load_section
 from mnistgen.runtime import prepare, write_json
 from mnistgen.scoring import REAL, EvaluateParams, evaluate, score_metrics
 from mnistgen.stage import parse_args, run
+from mnistgen.tracking import runs, store
+from mnistgen.tracking.naming import metric_key
+from mnistgen.tracking.settings import TrackingParams
 
 
 def log_scores(record, rows: dict, calibration: dict, sources: dict, files: list[Path]):
@@ -31,18 +33,18 @@ def log_scores(record, rows: dict, calibration: dict, sources: dict, files: list
     record.metrics(scores)
     record.metrics(scores, on_parent=True)
     for name, row in calibration.items():  # one chart section: calibration/<row>.<metric>
-        record.metrics({f"calibration/{registry.metric_key(name)}.{k}": v
+        record.metrics({f"calibration/{metric_key(name)}.{k}": v
                      for k, v in row.items() if k != "kind"})
     for path in files:
         record.file(path, "figures" if path.suffix == ".png" else "metrics")
-    registry.link_sources(runs.open_client(store.tracking_uri()), record, sources)
+    record.link_sources(sources)
 
 
 def main(argv=None):
     args = parse_args(__doc__, ["data", "judge", "samples", "figures", "summary", "per_class",
                                 "calibration"], argv)
     params = load_section(args.params, "evaluate", EvaluateParams)
-    settings = load_section(args.params, "tracking", runs.TrackingParams)
+    settings = load_section(args.params, "tracking", TrackingParams)
     device, _ = prepare(params)
     store.check_store(store.tracking_uri())
     arrays = load_arrays(args.data)

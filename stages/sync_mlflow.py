@@ -1,4 +1,4 @@
-"""Stage sync_mlflow: the MLflow store shows what DVC holds (see mnistgen.reconcile).
+"""Stage sync_mlflow: the MLflow store shows what DVC holds (see mnistgen.tracking.reconcile).
 
 DVC runs it at the end of every `dvc repro` / `dvc exp run` (`always_changed`), because
 what the store must show changes even when DVC runs nothing: a fresh clone whose committed
@@ -18,8 +18,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mnistgen import reconcile, runs, store
+from mnistgen.params import load_section
 from mnistgen.stage import parse_args, run
+from mnistgen.tracking import reconcile, runs, store
+from mnistgen.tracking.settings import TrackingParams
 
 PATHS = ["data", "judge", "inverted", "gan", "samples", "figures", "gan_losses", "gan_quality",
          "inverted_losses", "judge_metrics", "scores"]
@@ -27,27 +29,14 @@ PATHS = ["data", "judge", "inverted", "gan", "samples", "figures", "gan_losses",
 
 def main(argv=None):
     args = parse_args(__doc__, PATHS, argv)
+    settings = load_section(args.params, "tracking", TrackingParams)
     workspace = reconcile.Workspace(**{name: Path(getattr(args, name)) for name in PATHS})
     uri = store.tracking_uri()
     store.check_store(uri)
-    client = runs.open_client(uri)
-    try:
-        with store.store_lock(uri):
-            experiment_id = runs.prepare_store(client, uri)
-            done = reconcile.reconcile(client, experiment_id, workspace)
-    except Exception as err:  # noqa: BLE001 - a server gone or failing: one line, not a traceback
-        from mlflow.exceptions import MlflowException
-
-        if isinstance(err, store.TrackingError) or store.store_full(err):
-            raise
-        if store.is_remote(uri) and not store.reachable(uri):
-            raise store.TrackingError(f"MLflow tracking server {uri} went away while the store "
-                                      f"was brought in step; rerun `dvc repro` when it is back") from err
-        if isinstance(err, MlflowException):
-            raise store.TrackingError(f"MLflow store {uri} failed while it was brought in step "
-                                      f"({' '.join(str(err).split())[:200]}); see the server's "
-                                      f"log, then rerun `dvc repro`") from err
-        raise
+    client = store.open_client(uri)
+    with store.store_lock(uri), store.one_line_errors(uri, "the store was brought in step"):
+        experiment_id = runs.prepare_store(client, uri)
+        done = reconcile.reconcile(client, experiment_id, workspace, settings)
     for line in done:
         print(f"sync_mlflow: {line}")
     if not done:

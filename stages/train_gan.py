@@ -18,21 +18,23 @@ from pathlib import Path
 
 import torch
 
-from mnistgen import distributed, registry, runs, store
-from mnistgen.data import load_arrays, sha256_file
+from mnistgen import distributed
+from mnistgen.data import load_arrays
 from mnistgen.gan import GanParams, GanState, save_model, train_loop, try_resume
-from mnistgen.gan_monitor import Monitor
+from mnistgen.gan_monitor import LOSS_COLUMNS, QUALITY_COLUMNS, Monitor
 from mnistgen.images import to_model_input
 from mnistgen.judging import load_judge
 from mnistgen.params import load_section
 from mnistgen.runtime import prepare, write_csv
 from mnistgen.stage import parse_args, run
+from mnistgen.tracking import runs, store
+from mnistgen.tracking.settings import TrackingParams
 
 
 def main(argv=None):
     args = parse_args(__doc__, ["data", "judge", "model", "losses", "quality", "resume"], argv)
     params = load_section(args.params, "train_gan", GanParams)
-    settings = load_section(args.params, "tracking", runs.TrackingParams)
+    settings = load_section(args.params, "tracking", TrackingParams)
     device, _ = prepare(params)
     world, device = distributed.start(device)
     arrays = load_arrays(args.data)
@@ -63,12 +65,9 @@ def main(argv=None):
                    save_resume=lambda s: s.save(resume, digest))
         if world.is_main:
             save_model(state, params, Path(args.model))
-            write_csv(Path(args.losses), ["step", "loss_d", "loss_g"], state.losses)
-            write_csv(Path(args.quality), ["step", "images_seen", "accuracy", "frechet", "frechet_floor"],
-                      state.quality)
-            record.tags(checkpoint_sha256=sha256_file(Path(args.model)))
-            record.model(kind="gan", checkpoint=Path(args.model), name="generator",
-                      registered=registry.REGISTERED)
+            write_csv(Path(args.losses), LOSS_COLUMNS, state.losses)
+            write_csv(Path(args.quality), QUALITY_COLUMNS, state.quality)
+            record.model(Path(args.model))
     world.barrier()
     distributed.shutdown()
     if world.is_main:

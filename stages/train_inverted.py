@@ -12,20 +12,21 @@ from pathlib import Path
 
 import torch
 
-from mnistgen import runs, store
-from mnistgen.data import load_arrays, sha256_file
-from mnistgen.inverted import InvertedParams, curves_table, digits_picture, train_inverted
+from mnistgen.data import load_arrays
+from mnistgen.inverted import LOSS_METRIC, InvertedParams, curves_table, digits_picture, train_inverted
 from mnistgen.models import InvertedConfig, InvertedGenerator, config_dict
 from mnistgen.params import load_section
 from mnistgen.progress import Progress
 from mnistgen.runtime import prepare, save_checkpoint, set_seed, staged, write_csv
 from mnistgen.stage import parse_args, run
+from mnistgen.tracking import runs, store
+from mnistgen.tracking.settings import TrackingParams
 
 
 def main(argv=None):
     args = parse_args(__doc__, ["data", "models", "plots"], argv)
     params = load_section(args.params, "train_inverted", InvertedParams)
-    settings = load_section(args.params, "tracking", runs.TrackingParams)
+    settings = load_section(args.params, "tracking", TrackingParams)
     device, _ = prepare(params)  # params.yaml says cpu: a 10x784 model runs best there
     arrays = load_arrays(args.data)
     images = (torch.as_tensor(arrays["train_images"]).float() / 255.0).to(device)  # (60000, 784) in [0, 1]
@@ -45,14 +46,13 @@ def main(argv=None):
                     model=model, images=images, labels=labels, lr=params.lr,
                     batch_size=params.batch_size, steps=params.steps, seed=params.seed,
                     log_every=params.log_every, grid_every=params.grid_every,
-                    on_log=record.metric_logger("loss_per_image", progress),
-                    on_grid=lambda s, m=model: record.image(digits_picture(m), "digits", s))
+                    on_log=record.metric_logger(LOSS_METRIC, progress),
+                    on_grid=lambda s, m=model: record.digits(digits_picture(m), s))
                 path = staging / f"{variant}.pt"
                 save_checkpoint(path, kind="inverted", models={"model": model.cpu()},
                                 config=config_dict(model), extra={"params": run_params})
-                record.tags(checkpoint_sha256=sha256_file(path))
-                record.model(kind="inverted", checkpoint=path, name=f"inverted_{variant}")
-                record.picture(digits_picture(model), "final_digits.png")
+                record.model(path)
+                record.final_digits(digits_picture(model))
             progress.done(params.steps)
             curves[variant] = dict(history)
             print(f"train_inverted: {variant}: final loss per image {history[-1][1]:.4f}")

@@ -12,21 +12,23 @@ from pathlib import Path
 
 import torch
 
-from mnistgen import distributed, runs, store
-from mnistgen.classifier import JudgeParams, accuracy, train_judge
-from mnistgen.data import load_arrays, sha256_file
+from mnistgen import distributed
+from mnistgen.classifier import TEST_ACCURACY, JudgeParams, accuracy, train_judge
+from mnistgen.data import load_arrays
 from mnistgen.images import to_model_input
 from mnistgen.models import config_dict
 from mnistgen.params import load_section
 from mnistgen.progress import Progress
 from mnistgen.runtime import prepare, resolve_precision, save_checkpoint, write_json
 from mnistgen.stage import parse_args, run
+from mnistgen.tracking import runs, store
+from mnistgen.tracking.settings import TrackingParams
 
 
 def main(argv=None):
     args = parse_args(__doc__, ["data", "model", "metrics"], argv)
     params = load_section(args.params, "train_judge", JudgeParams)
-    settings = load_section(args.params, "tracking", runs.TrackingParams)
+    settings = load_section(args.params, "tracking", TrackingParams)
     device, threads = prepare(params)
     world, device = distributed.start(device)
     precision = resolve_precision(params.precision, device)
@@ -54,11 +56,10 @@ def main(argv=None):
         save_checkpoint(Path(args.model), kind="judge", models={"model": model.cpu()},
                         config=config_dict(model), extra={"params": asdict(params)})
         test_acc = round(test_acc, 5)  # what metrics/judge.json says, in the store too
-        write_json(Path(args.metrics), {"test_accuracy": test_acc})
+        write_json(Path(args.metrics), {TEST_ACCURACY: test_acc})
         record.dataset(Path(args.data))
-        record.metrics({"final/test_accuracy": test_acc, "final/train_seconds": seconds})
-        record.tags(checkpoint_sha256=sha256_file(Path(args.model)))
-        record.model(kind="judge", checkpoint=Path(args.model), name="judge")
+        record.metrics({f"final/{TEST_ACCURACY}": test_acc, "final/train_seconds": seconds})
+        record.model(Path(args.model))
     distributed.shutdown()
     print(f"train_judge: test accuracy {test_acc:.4f} in {seconds:.1f} s "
           f"({steps * params.batch_size / seconds:.1f} images/s, {threads} threads, {precision})")

@@ -154,7 +154,7 @@ def first_repro_log(repo: Path) -> str:
 
 def stage_runs(client, stage: str, filter_string: str = "") -> list:
     """The MLflow runs of one stage (all stages log to the one `draw-mnist` experiment)."""
-    from mnistgen.store import EXPERIMENT
+    from mnistgen.tracking.names import EXPERIMENT
 
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     where = f"tags.dvc_stage = '{stage}'" + (f" and {filter_string}" if filter_string else "")

@@ -91,18 +91,22 @@ def test_other_os_errors_are_not_hidden():
 
 def test_a_full_mlflow_store_is_one_line_not_a_chain_of_tracebacks(capsys, monkeypatch):
     """What MLflow raises when SQLite's disk is full: an MlflowException over SQLAlchemy's
-    OperationalError over sqlite3's (here built the same way, no disk filled)."""
+    OperationalError over sqlite3's (here built the same way, no disk filled), inside the
+    recording layer, which hands the stage runner one of the project's errors."""
     import sqlite3
 
     from mlflow.exceptions import MlflowException
 
+    from mnistgen.tracking import store
+
     monkeypatch.delenv("DVC_STAGE", raising=False)
 
     def body(argv):
-        try:
-            raise sqlite3.OperationalError("database or disk is full")
-        except sqlite3.OperationalError as inner:
-            raise MlflowException("(sqlite3.OperationalError) database or disk is full") from inner
+        with store.one_line_errors("sqlite:///mlflow.db", "opening a run"):
+            try:
+                raise sqlite3.OperationalError("database or disk is full")
+            except sqlite3.OperationalError as inner:
+                raise MlflowException("(sqlite3.OperationalError) database or disk is full") from inner
 
     assert run("train_gan", body) == 1
     err = capsys.readouterr().err
@@ -118,7 +122,7 @@ def test_runs_whose_process_died_are_marked_failed_on_the_next_start(tmp_path, m
 
     from mlflow.tracking import MlflowClient
 
-    from mnistgen import store
+    from mnistgen.tracking import store
 
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -142,7 +146,7 @@ def test_a_copied_repository_writes_artifacts_into_its_own_mlruns(tmp_path, monk
 
     from mlflow.tracking import MlflowClient
 
-    from mnistgen import store
+    from mnistgen.tracking import store
 
     original, copy = tmp_path / "original", tmp_path / "copy"
     original.mkdir()

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from mnistgen import naming
+from mnistgen.tracking import naming
 from mnistgen.params import ParamsError
 from mnistgen.runtime import pick_device
-from mnistgen.serving import requests
+from mnistgen.tracking.serving import requests
 
 GAN_CONFIG = {"arch": "conv", "latent_dim": 8, "g_hidden": [8, 8, 4], "d_hidden": [8, 8, 8],
               "spectral_norm": False, "conditional_bn": False}
@@ -81,7 +81,7 @@ def test_queued_experiments_name_their_parent_run_after_dvc_exp_run():
 
 
 def naming_of(cmdline):
-    from mnistgen.runs import dvc_command
+    from mnistgen.tracking.runs import dvc_command
 
     return dvc_command(cmdline)
 

@@ -7,8 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from mnistgen import outbox, runs, store
-from mnistgen.runs import TrackingParams
+from mnistgen.tracking import outbox, runs, store
+from mnistgen.tracking.settings import TrackingParams
 
 SETTINGS = TrackingParams(system_metrics=False, system_metrics_every=10, outage_wait=5)
 REAL_DELIVER = outbox.deliver
@@ -23,7 +23,7 @@ def repo(tmp_path, monkeypatch):
 
 
 def client_of(repo):
-    return runs.open_client(f"sqlite:///{repo / 'mlflow.db'}")
+    return store.open_client(f"sqlite:///{repo / 'mlflow.db'}")
 
 
 def outage_for(monkeypatch, failures: int):
@@ -45,7 +45,7 @@ def test_records_arrive_in_order_with_the_time_they_were_taken(repo):
     with runs.start_run(stage="train_gan", params={"lr": 0.1}, settings=SETTINGS) as record:
         for step in range(1, 6):
             record.metrics({"train/loss": 1.0 / step}, step=step)
-        record.image(np.zeros((8, 8), np.uint8), "digits", 5)
+        record.digits(np.zeros((8, 8), np.uint8), 5)
         record.tags(checkpoint_sha256="abc")
         run_id = record.run_id
     client = client_of(repo)
@@ -74,7 +74,7 @@ def test_an_outage_past_the_wait_leaves_a_journal_that_the_next_run_sends(repo, 
     quick = TrackingParams(system_metrics=False, system_metrics_every=10, outage_wait=0)
     with runs.start_run(stage="train_gan", params={}, settings=quick) as record:
         record.metrics({"train/loss": 0.5}, step=1)
-        record.image(np.zeros((8, 8), np.uint8), "digits", 1)
+        record.digits(np.zeros((8, 8), np.uint8), 1)
         run_id = record.run_id
     line = capsys.readouterr().err.strip()
     assert "did not take 1 metric record, 1 image, 1 run end" in line and "\n" not in line
@@ -97,23 +97,23 @@ def test_a_full_store_fails_the_stage_and_ends_the_run_failed_without_its_model(
     """SQLite's 'database or disk is full' (raised here as MLflow raises it) is no outage:
     the stage stops with the store's error; when space is back, the journal is sent with
     the run ended FAILED and the model it could not log left out (its stage failed)."""
-    def full(client, run_id, batch, folder):
+    def full(client, run_id, batch, folder, handlers):
         if batch[0]["op"] == "model":
             try:
                 raise sqlite3.OperationalError("database or disk is full")
             except sqlite3.OperationalError as inner:
                 raise RuntimeError("(sqlite3.OperationalError) database or disk is full") from inner
-        return REAL_DELIVER(client, run_id, batch, folder)
+        return REAL_DELIVER(client, run_id, batch, folder, handlers)
 
     monkeypatch.setattr(outbox, "deliver", full)
     checkpoint = repo / "judge.pt"
     checkpoint.write_bytes(b"not used")
-    with pytest.raises(RuntimeError, match="database or disk is full") as raised:
+    with pytest.raises(store.StoreFull, match="the MLflow store's disk is full") as raised:
         with runs.start_run(stage="train_judge", params={}, settings=SETTINGS) as record:
             record.metrics({"final/test_accuracy": 0.9})
-            record.model(kind="judge", checkpoint=checkpoint, name="judge")
+            record.model(checkpoint)
             run_id = record.run_id
-    assert store.store_full(raised.value)  # what the stage runner turns into one line
+    assert store.store_full(raised.value)  # one of ours: the stage runner prints one line
     monkeypatch.setattr(outbox, "deliver", REAL_DELIVER)
     with runs.start_run(stage="evaluate", params={}, settings=SETTINGS):
         pass
@@ -144,10 +144,10 @@ def test_models_left_pending_are_removed_with_their_files_unless_still_being_log
 def test_a_refused_record_is_skipped_in_one_line_and_the_rest_arrives(repo, monkeypatch, capsys):
     from mlflow.exceptions import MlflowException
 
-    def refuse_tags(client, run_id, batch, folder):
+    def refuse_tags(client, run_id, batch, folder, handlers):
         if batch[0]["op"] == "tags":
             raise MlflowException.invalid_parameter_value("value too long")
-        return REAL_DELIVER(client, run_id, batch, folder)
+        return REAL_DELIVER(client, run_id, batch, folder, handlers)
 
     monkeypatch.setattr(outbox, "deliver", refuse_tags)
     with runs.start_run(stage="train_gan", params={}, settings=SETTINGS) as record:

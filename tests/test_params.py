@@ -9,6 +9,9 @@ from conftest import repo_section
 from mnistgen.gan import GanParams
 from mnistgen.inverted import InvertedParams
 from mnistgen.sections import SCHEMAS as SECTIONS
+from mnistgen.tracking.settings import TrackingParams
+
+RECORDING = {"tracking": TrackingParams}  # what check_params passes in
 
 
 @pytest.mark.parametrize("section", SECTIONS)
@@ -139,18 +142,18 @@ def test_check_all_validates_every_section_and_matches_dvc_yaml(tmp_path):
     # one section per stage that computes (check_params and sync_mlflow have no knobs), and
     # `tracking` (MLflow only); one schema per section
     stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]) - {"check_params", "sync_mlflow"}
-    assert set(SECTIONS) == stages | {"tracking"}
-    assert set(check_all(ROOT / "params.yaml")) == stages | {"tracking"}
+    assert set(SECTIONS) == stages
+    assert set(check_all(ROOT / "params.yaml", recording=RECORDING)) == stages | {"tracking"}
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["evaluate"]["k"] = 0  # a late section: everything before it was valid
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match=r"evaluate\.k: must be >= 1"):
-        check_all(path)
+        check_all(path, recording=RECORDING)
     del params["evaluate"], params["sample"]
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match="missing sections sample, evaluate"):
-        check_all(path)
+        check_all(path, recording=RECORDING)
 
 
 def params_with(changes: dict) -> dict:
@@ -193,7 +196,7 @@ def test_check_params_refuses_first_what_a_stage_would_refuse_after_dvc_removed_
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params_with(changes)))
     with pytest.raises(ParamsError, match=re.escape(message)):
-        check_all(path)
+        check_all(path, recording=RECORDING)
 
 
 def test_a_cuda_index_the_machine_lacks_is_refused(monkeypatch):

@@ -71,7 +71,7 @@ def test_metrics_have_every_row_and_score(built_pipeline):
 
 
 def mlflow_runs(repo):
-    from mnistgen.store import EXPERIMENT
+    from mnistgen.tracking.names import EXPERIMENT
 
     client = store_client(repo)
     experiment = client.get_experiment_by_name(EXPERIMENT)

@@ -2,7 +2,7 @@
 stage runs nest under their dvc invocation's parent run."""
 import pytest
 
-from mnistgen.runs import TrackingParams
+from mnistgen.tracking.settings import TrackingParams
 
 
 QUIET = TrackingParams(system_metrics=False, system_metrics_every=10, outage_wait=5)
@@ -32,11 +32,23 @@ def trained(client, experiment_id: str, sha: str, ratio: float, judge: str = "j"
     return run.info.run_id
 
 
-def test_champion_moves_only_to_a_generator_that_beats_it(store):
-    from mnistgen.registry import promote_champion as promote
+def promoter(client):
+    """promote_champion(sha, judge_sha256=...): decide as sync_mlflow does, on the score the
+    checkpoint's run holds, and move the alias when told to. -> the decision's words."""
+    from mnistgen.tracking.registry import champion_decision, find_training_run
 
-    def promote_champion(*args, **kwargs):
-        return promote(store, *args, **kwargs)
+    def promote_champion(sha, *, judge_sha256, registered_name):
+        run = find_training_run(client, sha)
+        version, message = champion_decision(client, run.info.run_id, run.data.metrics["final/frechet_x_floor"],
+                                             judge_sha256=judge_sha256, registered_name=registered_name)
+        if version is not None:
+            client.set_registered_model_alias(registered_name, "champion", version)
+        return message
+    return promote_champion
+
+
+def test_champion_moves_only_to_a_generator_that_beats_it(store):
+    promote_champion = promoter(store)
 
     exp = store.create_experiment("draw-mnist")
     store.create_registered_model("draw-mnist-cgan")
@@ -55,10 +67,7 @@ def test_champion_moves_only_to_a_generator_that_beats_it(store):
 
 
 def test_a_champion_scored_by_another_judge_is_not_compared(store):
-    from mnistgen.registry import promote_champion as promote
-
-    def promote_champion(*args, **kwargs):
-        return promote(store, *args, **kwargs)
+    promote_champion = promoter(store)
 
     exp = store.create_experiment("draw-mnist")
     store.create_registered_model("draw-mnist-cgan")
@@ -76,7 +85,7 @@ def test_a_champion_scored_by_another_judge_is_not_compared(store):
 
 
 def test_runs_go_to_one_model_training_experiment_and_old_ones_are_marked(store):
-    from mnistgen import runs
+    from mnistgen.tracking import runs
 
     old = store.create_experiment("draw-mnist/train_gan")  # an earlier version's layout
     with runs.start_run(stage="train_gan", params={"lr_g": 0.0004}, settings=QUIET) as run:
@@ -92,7 +101,7 @@ def test_runs_go_to_one_model_training_experiment_and_old_ones_are_marked(store)
 
 
 def test_stage_runs_of_one_dvc_invocation_share_a_parent(store, monkeypatch, tmp_path):
-    from mnistgen import runs as records
+    from mnistgen.tracking import runs as records
 
     (tmp_path / "params.yaml").write_text("train_gan:\n  lr_g: 0.0004\n")
     monkeypatch.setattr(records, "dvc_invocation", lambda: ("host:123:1.00", "dvc repro"))
@@ -127,7 +136,7 @@ def test_after_make_repro_the_store_shows_the_current_gan_and_its_champion_draws
     from conftest import REPO_TRACKING_URI as uri, ROOT
     from mnistgen.data import sha256_file
     from mnistgen.judging import features_and_predictions, load_judge
-    from mnistgen.registry import find_training_run
+    from mnistgen.tracking.registry import find_training_run
 
     if not (ROOT / "models/gan.pt").is_file():
         pytest.skip("needs this repository's pipeline run (`make repro`): no models/gan.pt yet")
@@ -148,7 +157,7 @@ def test_make_ui_prints_the_runs_table_in_the_model_training_view():
     parameter `workflowType`) says model training; the tag is for UIs that read it. Seen in
     headless Chromium (`make ui-check`): with the parameter the experiment opens on Runs."""
     from conftest import ROOT
-    from mnistgen import store
+    from mnistgen.tracking import store
 
     assert store.ui_path("7") == "#/experiments/7/runs?workflowType=machine_learning"
     assert store.ui_path(None) == "#/experiments?workflowType=machine_learning"

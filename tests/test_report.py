@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mnistgen.report import END, START, render
+from mnistgen.report import CAL_END, CAL_START, END, START, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,12 +18,15 @@ def committed(path: str) -> str:
     return result.stdout
 
 
-def test_readme_table_is_the_one_generated_from_the_committed_metrics():
-    readme = committed("README.md")
-    expected = render(readme, summary=json.loads(committed("metrics/evaluate.json")),
+@pytest.mark.parametrize("path, markers", [("README.md", (START, END)),
+                                           ("docs/evaluation.md", (CAL_START, CAL_END))])
+def test_tables_are_the_ones_generated_from_the_committed_metrics(path, markers):
+    text = committed(path)
+    assert all(marker in text for marker in markers), f"{path} lost its generated table"
+    expected = render(text, summary=json.loads(committed("metrics/evaluate.json")),
                       judge=json.loads(committed("metrics/judge.json")),
                       calibration=json.loads(committed("metrics/calibration.json")))
-    assert expected == readme, "run `make readme` after `dvc repro`, and commit both"
+    assert expected == text, "run `make readme` after `dvc repro`, and commit it all"
 
 
 def test_table_has_a_row_per_generator_and_the_floor():
@@ -39,8 +42,6 @@ def test_table_has_a_row_per_generator_and_the_floor():
 
 
 def test_calibration_table_has_a_row_per_change_with_its_ratio_to_the_floor():
-    from mnistgen.report import CAL_END, CAL_START
-
     row = {"kind": "harmless", "accuracy": 0.99, "frechet": 3.0, "precision": 0.8, "recall": 0.7}
     out = render(f"{START}\n{END}\n{CAL_START}\nstale\n{CAL_END}\n",
                  summary={"floor_frechet": 1.0, "rows": {}}, judge={"test_accuracy": 0.99},

@@ -39,7 +39,7 @@ def outs_of(lock_text: str) -> dict:
 
 def gan_run_shows_current_scores(repo) -> None:
     """The run that trained models/gan.pt carries evaluate's current GAN row."""
-    from mnistgen.registry import find_training_run
+    from mnistgen.tracking.registry import find_training_run
 
     client = store_client(repo)
     run = find_training_run(client, sha256_file(repo / "models/gan.pt"))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import copy_repo, dvc, env_for, stage_runs
-from mnistgen import store
+from mnistgen.tracking import store
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_tracking_server_that_answers_but_fails_is_reported_in_one_line(pipeline
                    env={**env_for(pipeline_repo), "MLFLOW_TRACKING_URI": uri})
     finally:
         server.shutdown()
-    assert_failed_cleanly(result, pipeline_repo, before, f"MLflow store {uri} answered but could not open a run")
+    assert_failed_cleanly(result, pipeline_repo, before, f"MLflow store {uri} failed while opening a run")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "train_gan: step" not in result.stdout
     # the stage that brings the store in step meets the same server: one line too

@@ -1,4 +1,4 @@
-"""A team's set-up, as the README's "A team" section runs it: one `mlflow server` (SQLite
+"""A team's set-up, as docs/mlflow.md's "A team" section runs it: one `mlflow server` (SQLite
 backend, proxied artifacts) on 127.0.0.1 and a DVC remote (a local folder here). The whole
 pipeline over HTTP; colleagues' clones that pull or reproduce instead of training, with the
 team's server or a store of their own; and the server going away while train_gan trains."""
@@ -234,7 +234,7 @@ def test_a_server_gone_mid_training_costs_no_training_and_no_record(team_repo, s
 def test_a_server_gone_until_the_end_keeps_the_outputs_and_says_what_waits(team_repo, server, tmp_path):
     """The server goes away mid-training and stays away: the stage still writes its outputs
     and succeeds, one line says what did not reach the server and how to send it; once the
-    server is back, `python -m mnistgen.outbox` sends it all and the run ends FINISHED."""
+    server is back, `python -m mnistgen.tracking` sends it all and the run ends FINISHED."""
     relay = Relay(int(server.rsplit(":", 1)[1]))
     try:
         proc = start_training(team_repo, tmp_path, outage_params(team_repo, tmp_path, outage_wait=1),
@@ -245,10 +245,10 @@ def test_a_server_gone_until_the_end_keeps_the_outputs_and_says_what_waits(team_
         assert proc.returncode == 0, err
         assert (tmp_path / "gan.pt").is_file()  # the DVC output is there
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and "did not take" in lines[0] and "python -m mnistgen.outbox" in lines[0], err
+        assert len(lines) == 1 and "did not take" in lines[0] and "python -m mnistgen.tracking" in lines[0], err
         assert list((team_repo / ".mlflow-outbox").iterdir())
         relay.restore()
-        sent = sh(team_repo, sys.executable, "-m", "mnistgen.outbox", env={"MLFLOW_TRACKING_URI": relay.url})
+        sent = sh(team_repo, sys.executable, "-m", "mnistgen.tracking", env={"MLFLOW_TRACKING_URI": relay.url})
         assert "sent the records of 1 run" in sent.stdout
     finally:
         relay.close()

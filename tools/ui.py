@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mnistgen.store import EXPERIMENT, check_store, tracking_uri, ui_path  # noqa: E402
+from mnistgen.tracking.names import EXPERIMENT  # noqa: E402
+from mnistgen.tracking.store import check_store, tracking_uri, ui_path  # noqa: E402
 
 
 def experiment_id(uri: str) -> str | None:

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mnistgen.store import EXPERIMENT, UI_WORKFLOW, tracking_uri, ui_path  # noqa: E402
+from mnistgen.tracking.names import EXPERIMENT
+from mnistgen.tracking.store import UI_WORKFLOW, tracking_uri, ui_path  # noqa: E402
 
 
 def free_port() -> int:

@@ -1,13 +1,13 @@
 """The MLflow store and its hygiene: where it is, a check before any work, the experiment,
-and repairs a copied repository or a killed process need.
+its errors in one line, and repairs a copied repository or a killed process need.
 
 The store defaults to `sqlite:///<repo root>/mlflow.db`, where the root is DVC_ROOT (set by
 DVC, also for `dvc exp run --queue/--temp` runs in a temporary copy) or the working
 directory. MLFLOW_TRACKING_URI overrides it (a team's `http://` server, say).
 
 Every run goes to one experiment, `draw-mnist`, marked as model training (so the UI opens
-it on its runs table). Runs and their names: mnistgen.runs; delivery: mnistgen.outbox;
-keeping the store in step with DVC's outputs: mnistgen.reconcile.
+it on its runs table). Runs and their names: runs, naming; delivery: outbox; keeping the store in
+step with DVC's outputs: reconcile (all in mnistgen.tracking).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
-EXPERIMENT = "draw-mnist"
+from mnistgen.errors import ProjectError, one_line
+from mnistgen.tracking.names import ERROR_TAG, EXPERIMENT, HOST_TAG, PID_STARTED_TAG, PID_TAG
 # what the experiment is, for MLflow versions whose UI picks its GenAI pages (traces) or its
 # runs table by this tag. MLflow 3.17's UI ignores it and follows its "GenAI | Model
 # training" switch (a URL parameter, else the browser's last choice, else GenAI): ui_path.
@@ -29,8 +30,39 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 UI_WORKFLOW = "workflowType=machine_learning"  # the switch on "Model training"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(ProjectError, RuntimeError):
     """The MLflow tracking store cannot be used."""
+
+
+class StoreFull(TrackingError):
+    """The store ran out of disk: not an outage that passes."""
+
+    def __init__(self, uri: str):
+        super().__init__(f"the MLflow store's disk is full ({uri}); free space and rerun: the run "
+                         f"left open is marked FAILED then")
+
+
+@contextlib.contextmanager
+def one_line_errors(uri: str, doing: str):
+    """MLflow's errors while `doing` (e.g. "opening a run") as one of ours, in one line: a
+    full store, a server gone away, a store that answered but failed. Anything else (a bug)
+    keeps its traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as err:  # noqa: BLE001 - sorted below; the rest re-raised as it was
+        if store_full(err):
+            raise StoreFull(uri) from err
+        if is_remote(uri) and not reachable(uri):
+            raise TrackingError(f"MLflow tracking server {uri} went away while {doing}; rerun "
+                                f"`dvc repro` when it is back") from err
+        if isinstance(err, MlflowException):
+            raise TrackingError(f"MLflow store {uri} failed while {doing} ({one_line(err)}); "
+                                f"see the server's log, then rerun") from err
+        raise
 
 
 def repo_root() -> Path:
@@ -39,6 +71,14 @@ def repo_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def open_client(uri: str):
+    """A client of `uri`, also made MLflow's default (model logging reads the default)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.tracking.MlflowClient(uri)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -77,7 +117,7 @@ def store_full(err: BaseException) -> bool:
 def quiet_mlflow() -> None:
     """MLflow's progress notices (table creation, artifact progress bars) are not the
     stage's progress. Against a server, one request fails in seconds: the outbox
-    (mnistgen.outbox) retries, not MLflow's minutes of blocking back-off."""
+    (mnistgen.tracking.outbox) retries, not MLflow's minutes of blocking back-off."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -182,8 +222,8 @@ def process_tags() -> dict:
     """Which process holds a run open: lets a later run tell a dead one from a live one."""
     import psutil
 
-    return {"mnistgen.host": socket.gethostname(), "mnistgen.pid": str(os.getpid()),
-            "mnistgen.pid_started": f"{psutil.Process().create_time():.2f}"}
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
+            PID_STARTED_TAG: f"{psutil.Process().create_time():.2f}"}
 
 
 def _process_alive(pid: str | None, started: str | None) -> bool:
@@ -203,10 +243,10 @@ def close_orphaned_runs(client, experiment_id: str, keep: set[str] = frozenset()
     closed = []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         tags = run.data.tags
-        if run.info.run_id in keep or tags.get("mnistgen.host") != socket.gethostname() or \
-                _process_alive(tags.get("mnistgen.pid"), tags.get("mnistgen.pid_started")):
+        if run.info.run_id in keep or tags.get(HOST_TAG) != socket.gethostname() or \
+                _process_alive(tags.get(PID_TAG), tags.get(PID_STARTED_TAG)):
             continue
-        client.set_tag(run.info.run_id, "error", "its process ended without closing the run (killed, "
+        client.set_tag(run.info.run_id, ERROR_TAG, "its process ended without closing the run (killed, "
                        "or the disk was full); marked FAILED when the next run started")
         client.set_terminated(run.info.run_id, "FAILED")
         closed.append(run.info.run_id)

@@ -3,6 +3,6 @@ holds no pickled `python_model`: this names the class, the logged checkpoint (lo
 torch.load(weights_only=True)) holds the weights. Not imported by the pipeline."""
 import mlflow.models
 
-from mnistgen.serving import DigitDrawer
+from mnistgen.tracking.serving import DigitDrawer
 
 mlflow.models.set_model(DigitDrawer())

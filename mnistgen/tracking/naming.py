@@ -12,7 +12,8 @@ import json
 import subprocess
 from pathlib import Path
 
-import yaml
+from mnistgen.errors import ParamsError
+from mnistgen.params import parse_yaml
 
 MAX_SHOWN = 3  # changed params spelled out in a name; more are counted
 
@@ -54,9 +55,9 @@ def committed_params(root: Path, path: str = "params.yaml") -> dict | None:
         return None
     if result.returncode != 0:
         return None
-    try:
-        return yaml.safe_load(result.stdout) or {}
-    except yaml.YAMLError:
+    try:  # read as the stages read params.yaml: `4e-4` is the number the stage logs
+        return parse_yaml(result.stdout, source=f"HEAD:{path}") or {}
+    except ParamsError:
         return None
 
 
@@ -71,3 +72,9 @@ def run_name(stage: str, *, params: dict, baseline: dict | None, variant: str | 
     parts += changed
     parts.append(f"#{digest(params)}")
     return " ".join(parts)
+
+
+def metric_key(name: str) -> str:
+    """A row name as part of an MLflow metric key: letters, digits, _ and - only (a `/`
+    would start a chart section of its own, a `.` look like a metric suffix)."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name.replace("%", "pct"))

@@ -9,7 +9,11 @@ stage ends it waits up to `tracking.outage_wait` seconds for the rest; whatever 
 not be sent stays in the journal, and the next stage run, `dvc repro` or this command
 sends it:
 
-    python -m mnistgen.outbox          # send what an outage held back
+    python -m mnistgen.tracking        # send what an outage held back
+
+The outbox knows how to send plain records (metrics, tags, images, files, the dataset, a
+run's end); records of other kinds (a model to log, an alias to move) are sent by the
+`handlers` the layer above passes in (mnistgen.tracking.runs.HANDLERS).
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistgen.store import store_full
+from mnistgen.errors import one_line
+from mnistgen.tracking.store import store_full
 
 OUTBOX = ".mlflow-outbox"
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -46,8 +51,8 @@ def _lock(folder: Path):
 class Outbox:
     """One run's journal and the thread that sends it; `close()` waits for delivery."""
 
-    def __init__(self, *, root: Path, uri: str, run_id: str):
-        self.uri, self.run_id = uri, run_id
+    def __init__(self, *, root: Path, uri: str, run_id: str, handlers: dict):
+        self.uri, self.run_id, self.handlers = uri, run_id, handlers
         self.folder = folder_of(root, run_id)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.folder)
@@ -142,21 +147,21 @@ class Outbox:
                     return
                 batch = _take(self._pending)
             try:
-                deliver(client, self.run_id, batch, self.folder)
+                deliver(client, self.run_id, batch, self.folder, self.handlers)
             except Exception as err:  # noqa: BLE001 - sorted below: refused, full, or an outage
                 verdict = _verdict(err)
                 if verdict == "full":
-                    self.problem, self.failure = _short(err), err
+                    self.problem, self.failure = one_line(err), err
                     return
                 if verdict != "refused":
-                    self.problem = _short(err)
+                    self.problem = one_line(err)
                     if self._past_deadline():
                         return
                     with self._cond:  # back off; close() does not cut a wait short
                         self._cond.wait(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)])
                     tries += 1
                     continue
-                print(f"MLflow refused a {batch[0]['op']} record of run {self.run_id}: {_short(err)}",
+                print(f"MLflow refused a {batch[0]['op']} record of run {self.run_id}: {one_line(err)}",
                       file=sys.stderr, flush=True)
             with self._cond:
                 for _ in batch:
@@ -192,14 +197,9 @@ def _verdict(err: BaseException) -> str:
     return "outage"
 
 
-def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
-def deliver(client, run_id: str, batch: list[dict], folder: Path) -> None:
+def deliver(client, run_id: str, batch: list[dict], folder: Path, handlers: dict) -> None:
     """Send one batch (see _take) to the store: records of `run_id`, or of the run a
-    record names (its pipeline run)."""
+    record names (its pipeline run); other ops by handlers[op](client, run_id, record, folder)."""
     from mlflow.entities import Metric, RunTag
 
     record = batch[0]
@@ -220,10 +220,8 @@ def deliver(client, run_id: str, batch: list[dict], folder: Path) -> None:
         client.log_artifact(run_id, str(folder / record["file"]), record.get("path"))
     elif op == "dataset":
         client.log_inputs(run_id, datasets=[dataset_input(record)])
-    elif op == "model":
-        from mnistgen import registry
-
-        registry.deliver_model(client, run_id, record, folder)
+    elif op in handlers:
+        handlers[op](client, run_id, record, folder)
     elif op == "end":  # on a pipeline run: its duration then spans its stages
         client.set_terminated(run_id, record["status"], end_time=record["t"])
     else:
@@ -267,7 +265,7 @@ def waiting(root: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(base.iterdir()) if p.is_dir()} if base.is_dir() else {}
 
 
-def send_waiting(root: Path, uri: str) -> list[str]:
+def send_waiting(root: Path, uri: str, handlers: dict) -> list[str]:
     """Send every journal left for `uri` by a stage whose process has ended (held back by an
     outage); those of live processes and of other stores are left alone. Returns the run ids
     sent; raises the error of the first one that still cannot be sent."""
@@ -289,11 +287,11 @@ def send_waiting(root: Path, uri: str) -> list[str]:
             client = MlflowClient(uri)
             while done < len(records):
                 batch = _take(collections.deque(records[done:]))
-                if failed and batch[0]["op"] == "model":  # its stage failed: not an output
+                if failed and batch[0].get("if_finished"):  # its stage failed: not an output
                     done += 1
                     continue
                 try:
-                    deliver(client, run_id, batch, folder)
+                    deliver(client, run_id, batch, folder, handlers)
                 except Exception as err:  # noqa: BLE001 - a refused record is skipped, as live
                     if _verdict(err) != "refused":
                         raise
@@ -314,34 +312,3 @@ def _remove(folder: Path, lock) -> None:
     Path(lock.lock_file).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the last journal: no empty folder stays behind
         folder.parent.rmdir()
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    from mnistgen.store import TrackingError, check_store, repo_root, tracking_uri
-
-    parser = argparse.ArgumentParser(description="Send MLflow records an outage held back.")
-    parser.parse_args(argv)
-    uri = tracking_uri()
-    if not waiting(repo_root()):
-        print(f"outbox: nothing waiting for {uri}")
-        return 0
-    try:
-        check_store(uri)
-        sent = send_waiting(repo_root(), uri)
-    except TrackingError as err:
-        print(f"outbox: error: {err}", file=sys.stderr)
-        return 1
-    except Exception as err:  # noqa: BLE001 - the store's own error, in one line
-        print(f"outbox: error: could not send to {uri} ({_short(err)}); the journals stay in "
-              f"{OUTBOX}/ for the next try", file=sys.stderr)
-        return 1
-    left = len(waiting(repo_root()))
-    print(f"outbox: sent the records of {len(sent)} run(s) to {uri}"
-          + (f"; {left} journal(s) of another store or a running stage left" if left else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,14 +2,16 @@
 unpickling), scores put on the runs that trained the models, and the `champion` alias."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-REGISTERED = "draw-mnist-cgan"
-JUDGE_TAG = "final/judge_sha256"  # which judge scored a training run's final/* metrics
+import mnistgen
+from mnistgen.tracking.names import (CHAMPION, CHAMPION_METRIC, CHECKPOINT_TAG, JUDGE_TAG, NOTE_TAG,
+                                     REGISTERED)
+
 SERVING_CODE = Path(__file__).with_name("serving_model.py")  # models-from-code entry point
+PACKAGE = Path(mnistgen.__file__).parent  # the code a served model carries with it
 
 
 def find_training_run(client, checkpoint_sha256: str):
@@ -17,32 +19,33 @@ def find_training_run(client, checkpoint_sha256: str):
     from mlflow.entities import ViewType
 
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    runs = client.search_runs(experiments, filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
+    runs = client.search_runs(experiments, filter_string=f"tags.`{CHECKPOINT_TAG}` = '{checkpoint_sha256}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
 
-def record_scores(client, run, metrics: dict, *, judge_sha256: str) -> bool:
-    """Put evaluation metrics on the run that trained the model (and on the models it
-    logged), so the UI's compare view and model page show params, curves, images and scores
-    together; tag the judge that scored them. Writes only what differs from what the run
-    already shows: False when it was all there (a rerun adds nothing)."""
-    from mlflow.entities import Metric
-
+def shows_scores(run, metrics: dict, *, judge_sha256: str) -> bool:
+    """Whether `run` already shows these evaluation metrics, scored by this judge."""
     held = run.data.metrics
-    if run.data.tags.get(JUDGE_TAG) == judge_sha256 and all(held.get(k) == v for k, v in metrics.items()):
-        return False
+    return run.data.tags.get(JUDGE_TAG) == judge_sha256 and all(held.get(k) == v for k, v in metrics.items())
+
+
+def deliver_scores(client, run_id: str, record: dict, folder: Path) -> None:
+    """An outbox `scores` record: evaluation metrics on the run that trained the model and
+    on the models it logged, so the UI's compare view and model page show params, curves,
+    images and scores together; tagged with the judge that scored them."""
+    from mlflow.entities import Metric, RunTag
+
+    run = client.get_run(run_id)
     model_ids = [m.model_id for m in (run.outputs.model_outputs if run.outputs else [])] or [None]
-    client.set_tag(run.info.run_id, JUDGE_TAG, judge_sha256)
-    now = int(time.time() * 1000)
-    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0, model_id=model_id)
-                                               for k, v in metrics.items() for model_id in model_ids])
-    return True
+    client.log_batch(run_id, metrics=[Metric(k, float(v), record["t"], 0, model_id=model_id)
+                                      for k, v in record["metrics"].items() for model_id in model_ids],
+                     tags=[RunTag(JUDGE_TAG, record["judge"])])
 
 
-def link_sources(client, run, sources: dict) -> None:
-    """Tag the (evaluate) Recorder `run` with the run id and checkpoint sha256 of every row
-    it scored, and write them as links in its description."""
+def source_tags(client, sources: dict) -> dict:
+    """Tags for the (evaluate) run that scored `sources` ({row: checkpoint sha256}): the run
+    id and checkpoint sha256 of every row, and links to them in its description."""
     lines, tags = ["Scored:"], {}
     for name, sha in sources.items():
         found = find_training_run(client, sha)
@@ -53,36 +56,30 @@ def link_sources(client, run, sources: dict) -> None:
             tags[f"scored.{name}.run_id"] = found.info.run_id
             link = f"#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}"
             lines.append(f"- {name}: [{found.info.run_name}]({link}), checkpoint sha256 {sha[:12]}")
-    run.tags(**tags, **{"mlflow.note.content": "\n".join(lines)})
+    return {**tags, NOTE_TAG: "\n".join(lines)}
 
 
-def metric_key(name: str) -> str:
-    """A row name as part of an MLflow metric key: letters, digits, _ and - only (a `/`
-    would start a chart section of its own, a `.` look like a metric suffix)."""
-    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name.replace("%", "pct"))
-
-
-def promote_champion(client, checkpoint_sha256: str, *, judge_sha256: str, registered_name: str,
-                     alias: str = "champion", key: str = "final/frechet_x_floor") -> str:
-    """Point `alias` at the registered version trained into this checkpoint when it beats the
-    current champion on `key` (lower is better), or when there is none. Scores compare only
-    under one judge (the same generator measured 5.9x-9.8x the floor by equally good judges,
-    docs/experiments.md), so a champion scored by another judge is replaced: the new version
-    is the only one measured by the judge in use. Returns what it did, for the log."""
+def champion_decision(client, run_id: str, score: float, *, judge_sha256: str,
+                      registered_name: str = REGISTERED, alias: str = CHAMPION,
+                      key: str = CHAMPION_METRIC) -> tuple[str | None, str]:
+    """Whether `alias` should point at the registered version trained by `run_id`, which
+    scored `score` on `key` (lower is better): yes when it beats the current champion or
+    there is none. Scores compare only under one judge (the same generator measured
+    5.9x-9.8x the floor by equally good judges, docs/experiments.md), so a champion scored by
+    another judge is replaced: the new version is the only one measured by the judge in use.
+    -> (the version to point the alias at, or None; what was decided, for the log)."""
     from mlflow.exceptions import MlflowException
 
-    run = find_training_run(client, checkpoint_sha256)
-    versions = client.search_model_versions(f"name = '{registered_name}' and run_id = '{run.info.run_id}'")
+    versions = client.search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
     if not versions:
-        return f"no registered version of {registered_name} from run {run.info.run_id}; {alias} unchanged"
+        return None, f"no registered version of {registered_name} from run {run_id}; {alias} unchanged"
     new = max(versions, key=lambda v: int(v.version))
-    score = client.get_run(run.info.run_id).data.metrics[key]
     try:
         current = client.get_model_version_by_alias(registered_name, alias)
     except MlflowException:  # no champion yet
         current = None
     if current is not None and current.version == new.version:
-        return f"{registered_name} v{new.version} is already @{alias}"
+        return None, f"{registered_name} v{new.version} is already @{alias}"
     was = ""
     if current is not None:
         try:
@@ -92,12 +89,16 @@ def promote_champion(client, checkpoint_sha256: str, *, judge_sha256: str, regis
         best = champion_run.metrics.get(key) if champion_run else None
         same_judge = champion_run is not None and champion_run.tags.get(JUDGE_TAG) == judge_sha256
         if best is not None and same_judge and not score < best:
-            return (f"{registered_name} v{new.version}: Fréchet {score:.2f}x the floor does not beat "
-                    f"@{alias} v{current.version} ({best:.2f}x); {alias} unchanged")
+            return None, (f"{registered_name} v{new.version}: Fréchet {score:.2f}x the floor does not "
+                          f"beat @{alias} v{current.version} ({best:.2f}x); {alias} unchanged")
         was = (f" (was v{current.version})" if same_judge or best is None else
                f" (was v{current.version}, scored by another judge: not comparable)")
-    client.set_registered_model_alias(registered_name, alias, new.version)
-    return f"{registered_name} v{new.version} is now @{alias}{was}: Fréchet {score:.2f}x the floor"
+    return new.version, f"{registered_name} v{new.version} is now @{alias}{was}: Fréchet {score:.2f}x the floor"
+
+
+def deliver_alias(client, run_id: str, record: dict, folder: Path) -> None:
+    """An outbox `alias` record: point a registered model's alias at a version."""
+    client.set_registered_model_alias(record["name"], record["alias"], record["version"])
 
 
 # ---------------------------------------------------------------- logging models
@@ -120,11 +121,11 @@ def deliver_model(client, run_id: str, record: dict, folder: Path) -> None:
         import mlflow.pyfunc
         import torch
 
-        from mnistgen import serving
+        from mnistgen.tracking import serving
 
         info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
                          python_model=str(SERVING_CODE), artifacts={"checkpoint": str(checkpoint)},
-                         code_paths=[str(Path(__file__).parent)], signature=serving.signature(),
+                         code_paths=[str(PACKAGE)], signature=serving.signature(),
                          input_example=serving.EXAMPLE,
                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pandas", "numpy"])
     else:
@@ -161,7 +162,7 @@ def _log_exported(run_id: str, *, name: str, kind: str, checkpoint: Path):
 
 def _drop_unfinished_models(client, run_id: str, name: str) -> None:
     """Logged models of this run and name that never became READY (an upload cut short)."""
-    from mnistgen.store import drop_model, logged_models, model_status
+    from mnistgen.tracking.store import drop_model, logged_models, model_status
 
     run = client.get_run(run_id)
     for model in logged_models(client, run.info.experiment_id, f"source_run_id = '{run_id}'"):
@@ -174,7 +175,7 @@ def register(client, registered_name: str, model_id: str, run_id: str) -> str:
     and described if new); both descriptions say where they come from. -> the version."""
     from mlflow.exceptions import MlflowException
 
-    from mnistgen import serving
+    from mnistgen.tracking import serving
 
     try:
         client.create_registered_model(registered_name, description=serving.DESCRIPTION)
