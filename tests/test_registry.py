@@ -162,3 +162,24 @@ def test_make_ui_prints_the_runs_table_in_the_model_training_view():
     assert store.ui_path("7") == "#/experiments/7/runs?workflowType=machine_learning"
     assert store.ui_path(None) == "#/experiments?workflowType=machine_learning"
     assert "tools/ui.py" in (ROOT / "Makefile").read_text().split("\nui:")[1].split("\n\n")[0]
+
+
+def test_a_rate_written_4e_4_is_one_number_in_names_and_params(store, monkeypatch, tmp_path):
+    """Most people write learning rates as `4e-4`. Read as the stages read params.yaml, the
+    committed file names no param as changed, and the parent and the stage run log one value."""
+    from conftest import sh
+    from mnistgen.params import read_params
+    from mnistgen.tracking import runs as records
+
+    (tmp_path / "params.yaml").write_text("train_gan:\n  lr_g: 4e-4\n  seed: 0\n")
+    sh(tmp_path, "git", "init", "-q")
+    sh(tmp_path, "git", "add", "params.yaml")
+    sh(tmp_path, "git", "commit", "-qm", "params")
+    monkeypatch.setattr(records, "dvc_invocation", lambda: ("host:789:3.00", "dvc repro"))
+    stage_params = read_params(tmp_path / "params.yaml")["train_gan"]  # what the stage logs
+    with records.start_run(stage="train_gan", params=stage_params, settings=QUIET) as run:
+        pass
+    stage = store.get_run(run.run_id)
+    parent = store.get_run(stage.data.tags["mlflow.parentRunId"])
+    assert "lr_g" not in stage.info.run_name and "lr_g" not in parent.info.run_name
+    assert stage.data.params["lr_g"] == parent.data.params["train_gan.lr_g"] == "0.0004"
