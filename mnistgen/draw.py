@@ -71,12 +71,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def check_out(path: Path) -> None:
-    """Refuse, before any work, an --out that cannot be written."""
-    if path.is_dir():
+def check_out(path: Path) -> Path:
+    """Refuse, before any work, an --out that cannot be written. -> where to write: a
+    symbolic link is written through to the file it names, as `cp` and `curl -o` do (the
+    link stays); a device, pipe or socket is refused, never replaced."""
+    target = path.resolve() if path.is_symlink() else path
+    if target.is_dir():
         raise DataError(f"--out {path} is a folder; name a .png file in it")
-    if not path.parent.is_dir():
-        raise DataError(f"--out {path}: folder {path.parent} does not exist (draw creates no folders)")
+    if target.exists() and not target.is_file():
+        raise DataError(f"--out {path} is not a regular file (a device, pipe or socket); name a .png file")
+    if not target.parent.is_dir():
+        raise DataError(f"--out {path}: folder {target.parent} does not exist (draw creates no folders)")
+    return target
 
 
 def main(argv=None):
@@ -92,11 +98,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if len(args.digits) * args.count > MAX_TOTAL:
         parser.error(f"{len(args.digits)} digits x {args.count} is more than {MAX_TOTAL:,} images")
-    check_out(args.out)
+    target = check_out(args.out)
     drawer = load_gan(args.model)
     image = picture(drawer, digits=args.digits, count=args.count, seed=args.seed, walk=args.interpolate)
     try:
-        save_png(image, args.out)
+        save_png(image, target)
     except OSError as err:  # no permission, a read-only or full disk, a name too long
         raise DataError(f"cannot write --out {args.out}: {err.strerror or err}") from err
     print(f"draw: {len(args.digits)} x {args.count} digits "

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import math
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -272,8 +273,9 @@ def train_loop(s: GanState, *, images, labels, p: GanParams, world: World = Worl
             if ctrl_c.requested:
                 if save_resume is not None:
                     save_resume(s)
-                raise Interrupted(f"interrupted at step {s.step}/{total}; the resume file holds "
-                                  f"it: rerun (`dvc repro`) to continue from there")
+                by = " by SIGTERM" if ctrl_c.signum == signal.SIGTERM else ""
+                raise Interrupted(f"interrupted at step {s.step}/{total}{by}; the resume file holds "
+                                  f"it: rerun (`dvc repro`) to continue from there", ctrl_c.signum)
             if (save_resume is not None and world.is_main and s.step % p.checkpoint_every == 0
                     and s.step < total):
                 save_resume(s)
@@ -310,6 +312,22 @@ def try_resume(state: GanState, path: Path, digest: str) -> bool:
         return False
     state.load(payload)
     print(f"train_gan: resuming from step {state.step}", file=sys.stderr)
+    return True
+
+
+def remove_stale_resume(path: Path, p: GanParams) -> bool:
+    """Remove a resume file that holds a stopped training of other params (what is left
+    when those params' outputs come back from DVC's run cache, and train_gan never runs to
+    clear it). A damaged one is left for train_gan to report. -> whether it was removed."""
+    if not path.exists():
+        return False
+    try:
+        digest = load_checkpoint(path, "gan_resume")["config"].get("digest")
+    except CheckpointError:
+        return False
+    if digest == p.digest():
+        return False
+    path.unlink()
     return True
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from pathlib import Path
@@ -68,6 +69,8 @@ def _check_value(key: str, value, tp, meta: dict):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # .nan passes every bound (comparisons with NaN are false)
+            raise ParamsError(f"{key}: expected a finite number, got {value!r}")
     elif tp is str:
         if not isinstance(value, str):
             raise ParamsError(f"{key}: expected a string, got {value!r}")

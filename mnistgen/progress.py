@@ -19,6 +19,9 @@ import time
 
 # seconds between lines; MNISTGEN_PROGRESS_SECONDS changes it (the tests use a short one)
 EVERY = float(os.environ.get("MNISTGEN_PROGRESS_SECONDS", "10"))
+# the first line comes sooner: it says how long the whole run will take (`epochs: 10000`
+# shows "781:00:00 left" within seconds, not after the first interval)
+FIRST = 3.0
 
 
 def clock(seconds: float) -> str:
@@ -37,7 +40,7 @@ class Progress:
         self.stream, self.timer = stream, timer
         self.start = self.timer()
         self.first_step: int | None = None  # a resumed run's rate counts only its own steps
-        self.last_print = self.start
+        self.last_print, self.printed = self.start, False
         self.step, self.values = 0, {}
 
     def update(self, step: int, **values: float) -> None:
@@ -45,7 +48,8 @@ class Progress:
             self.first_step = step - 1
         self.step = step
         self.values.update(values)
-        if self.timer() - self.last_print >= self.every:
+        due = self.every if self.printed else min(self.every, FIRST)
+        if self.timer() - self.last_print >= due:
             self.print()
 
     def done(self, step: int | None = None, **values: float) -> None:
@@ -66,4 +70,4 @@ class Progress:
 
     def print(self) -> None:
         print(self.line(), file=self.stream or sys.stdout, flush=True)
-        self.last_print = self.timer()
+        self.last_print, self.printed = self.timer(), True

@@ -31,7 +31,11 @@ class TrainingError(ProjectError, RuntimeError):
 
 
 class Interrupted(Exception):
-    """The user pressed Ctrl-C; the message says where the work stopped."""
+    """Ctrl-C or SIGTERM stopped the work; the message says where. `signum` tells which."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 def prepare(params) -> tuple[torch.device, int]:
@@ -65,27 +69,49 @@ def set_threads(threads: int) -> int:
 
 
 class CtrlC:
-    """The first Ctrl-C asks a loop to stop after the step it is in (`requested`), so what it
-    saves holds whole steps; a second one stops at once. Only in a single process's main
-    thread: under torchrun, ranks must not stop apart."""
+    """The first Ctrl-C or SIGTERM (what `timeout`, a CI cancel and `kill` send) asks a loop
+    to stop after the step it is in (`requested`, `signum`), so what it saves holds whole
+    steps; a second one stops at once. Only in a single process's main thread: under
+    torchrun, ranks must not stop apart."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, active: bool = True):
         self.active = active and threading.current_thread() is threading.main_thread()
-        self.requested = False
+        self.requested, self.signum = False, None
 
     def __enter__(self):
         if self.active:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):
         if self.active:
-            signal.signal(signal.SIGINT, self.previous)
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt as Ctrl-C does, instead of killing
+    the process on the spot: the stage says so in one line and its run ends KILLED (a
+    training loop under CtrlC finishes its step and saves its resume file first)."""
+    def handle(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def fast_layout(model: torch.nn.Module) -> torch.nn.Module:

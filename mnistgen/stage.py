@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import time
 
 from mnistgen.errors import ProjectError
-from mnistgen.runtime import Interrupted
+from mnistgen.runtime import Interrupted, terminate_as_interrupt
 
 # a write that fails for these reasons is the machine's problem, not a bug: one line
 FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -49,12 +50,13 @@ def outputs_note(stage: str, dvc_removes_outputs: bool) -> str:
 def run(stage: str, body, argv=None, dvc_removes_outputs: bool = True, command: bool = False) -> int:
     """Call body(argv); report our own errors (mnistgen.errors.ProjectError: bad params,
     data, checkpoints, training, the tracking store) as `<stage>: error: ...`, exit 1;
-    Ctrl-C exits 130. Each in one line that also says what became of the earlier outputs (a `command`,
-    such as mnistgen.draw, has none to speak of). On success print the wall time and peak
+    Ctrl-C exits 130, SIGTERM 143. Each in one line that also says what became of the
+    earlier outputs (a `command`, such as mnistgen.draw, has none to speak of). On success print the wall time and peak
     memory (the benchmark reads this line)."""
     note = "" if command else f" ({outputs_note(stage, dvc_removes_outputs)})"
     try:
-        body(argv)
+        with terminate_as_interrupt():
+            body(argv)
     except ProjectError as err:
         print(f"{stage}: error: {err}{note}", file=sys.stderr)
         return 1
@@ -66,10 +68,11 @@ def run(stage: str, body, argv=None, dvc_removes_outputs: bool = True, command: 
         return 1
     except Interrupted as err:
         print(f"{stage}: {err}{note}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"{stage}: interrupted; rerun to start again{note}", file=sys.stderr)
-        return 130
+        return 128 + err.signum
+    except KeyboardInterrupt as err:
+        how = str(err) or "interrupted"  # "terminated (SIGTERM)", or Ctrl-C
+        print(f"{stage}: {how}; rerun to start again{note}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if str(err) else signal.SIGINT)
     wall, peak_mb = resources()
     print(f"{stage}: wall {wall:.1f} s, peak memory {peak_mb:.0f} MB")
     return 0

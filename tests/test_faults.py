@@ -188,3 +188,24 @@ def test_a_resume_file_for_other_params_is_removed_when_training_starts_over(tmp
     assert try_resume(fresh, resume, digest="these params") is False
     assert not resume.exists() and fresh.step == 0
     assert "resume file is for other params: removed; starting over" in capsys.readouterr().err
+
+
+def test_sigterm_outside_a_training_loop_is_one_line_and_exit_143(capsys, monkeypatch):
+    """SIGTERM (a CI cancel, `timeout`, `kill`) used to end a stage on the spot with no word
+    and its run left RUNNING; now it stops as Ctrl-C does (the run ends KILLED: start_run
+    treats the KeyboardInterrupt so), and the handler before is back afterwards."""
+    import os
+    import signal
+    import time
+
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def body(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the signal arrives first
+
+    assert run("evaluate", body) == 143
+    err = capsys.readouterr().err
+    assert err == "evaluate: terminated (SIGTERM); rerun to start again (earlier outputs are unchanged)\n"
+    assert signal.getsignal(signal.SIGTERM) is before

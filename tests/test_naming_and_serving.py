@@ -1,5 +1,7 @@
 """Run names, the served model's request format, `device: auto` on Apple's MPS, and the
 `python -m mnistgen.draw` command."""
+import os
+import stat
 import subprocess
 import sys
 
@@ -122,10 +124,34 @@ def test_draw_command_writes_one_row_per_digit(tmp_path):
     assert bad.returncode == 2 and "a digit is 0-9, got '12'" in bad.stderr
 
 
+def test_draw_writes_through_a_link_and_never_replaces_it(tmp_path):
+    """Like `cp` and `curl -o`: an --out that is a symbolic link gets the picture in the file
+    it names; the link stays a link (it used to be replaced by a regular file)."""
+    from PIL import Image
+
+    from mnistgen.models import GanConfig, Generator
+    from mnistgen.runtime import save_checkpoint
+
+    ckpt = tmp_path / "gan.pt"
+    save_checkpoint(ckpt, kind="gan", models={"generator": Generator(GanConfig(**GAN_CONFIG))},
+                    config=GAN_CONFIG)
+    (tmp_path / "pictures").mkdir()
+    target = tmp_path / "pictures" / "latest.png"
+    target.write_bytes(b"an older picture")
+    link = tmp_path / "digits.png"
+    link.symlink_to(target)
+    result = subprocess.run([sys.executable, "-m", "mnistgen.draw", "7", "--count", "2",
+                             "--model", str(ckpt), "--out", str(link)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and link.resolve() == target
+    assert Image.open(target).size == (2 * (2 * 30 + 2), 2 * (30 + 2))
+
+
 @pytest.mark.parametrize("args, code, phrase", [
     (["--out", "{tmp}/no/such/dir/x.png"], 1, "folder {tmp}/no/such/dir does not exist (draw creates no folders)"),
     (["--out", "/proc/nope/x.png"], 1, "folder /proc/nope does not exist"),
     (["--out", "{tmp}"], 1, "is a folder; name a .png file in it"),
+    (["--out", "{tmp}/fifo"], 1, "is not a regular file (a device, pipe or socket)"),  # never replaced
     (["--seed", "99999999999999999999"], 2, "seed is a whole number 0-2147483647"),
     (["--seed", "-1"], 2, "seed is a whole number 0-2147483647, got '-1'"),
     (["--count", "1001"], 2, "count is a whole number 1-1000"),
@@ -139,6 +165,7 @@ def test_draw_mistakes_are_one_line_and_create_no_folder(tmp_path, capsys, args,
     from mnistgen.stage import run
 
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    os.mkfifo(tmp_path / "fifo")  # what a device node is to draw, made without root
     try:
         returned = run("draw", main, ["7", *args, "--model", str(tmp_path / "never-read.pt")], command=True)
     except SystemExit as exit_:  # argparse's way out
@@ -148,6 +175,7 @@ def test_draw_mistakes_are_one_line_and_create_no_folder(tmp_path, capsys, args,
     assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
     assert phrase.replace("{tmp}", str(tmp_path)) in captured.err
     assert not (tmp_path / "no").exists() and captured.out == ""
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
 
 
 def test_interpolation_ends_at_two_noise_samples():

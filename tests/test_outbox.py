@@ -157,3 +157,133 @@ def test_a_refused_record_is_skipped_in_one_line_and_the_rest_arrives(repo, monk
     assert capsys.readouterr().err.count("MLflow refused a tags record") == 1
     run = client_of(repo).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["train/loss"] == 1.0
+
+
+def journal_of(repo, monkeypatch, body):
+    """Run `body(record)` in a run whose records all stay in the journal (the server away
+    past the wait); then the server is back. -> (run id, journal folder)."""
+    outage_for(monkeypatch, failures=10 ** 6)
+    quick = TrackingParams(system_metrics=False, system_metrics_every=10, outage_wait=0)
+    with runs.start_run(stage="train_gan", params={}, settings=quick) as record:
+        body(record)
+        run_id = record.run_id
+    monkeypatch.setattr(outbox, "deliver", REAL_DELIVER)
+    return run_id, outbox.folder_of(repo, run_id)
+
+
+def five_steps_and_two_grids(record):
+    for step in range(1, 6):
+        record.metrics({"train/loss": float(step)}, step=step)
+    record.digits(np.full((8, 8), 10, np.uint8), 1)
+    record.digits(np.full((8, 8), 20, np.uint8), 2)
+
+
+def image_files(client, run_id) -> list[str]:
+    return sorted(f.path for f in client.list_artifacts(run_id, "images"))
+
+
+def test_a_garbled_journal_line_is_skipped_by_name_and_the_rest_arrives(repo, monkeypatch, capsys):
+    """A line garbled in the middle of a journal (a crash, a disk): it used to end the
+    reading there, the rest lost in silence and the run never ended."""
+    from mnistgen.tracking.__main__ import main
+
+    run_id, folder = journal_of(repo, monkeypatch, five_steps_and_two_grids)
+    lines = (folder / "ops.jsonl").read_text().splitlines()
+    lines[2] = '{"op":"metrics","t":17#@!garbage'  # the record of step 3
+    (folder / "ops.jsonl").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main([]) == 0
+    err = capsys.readouterr().err
+    assert "journal line 3 is not a record" in err and "skipped" in err
+    client = client_of(repo)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 4, 5]
+    assert len(image_files(client, run_id)) == 4  # two grids, each a png and its preview
+    assert "journal line 3" in run.data.tags["mnistgen.journal"]
+    assert not (repo / outbox.OUTBOX).exists()
+
+
+def test_a_journal_file_cut_short_is_skipped_and_blocks_no_later_run(repo, monkeypatch, capsys):
+    """An image file of the journal cut short used to stop every later run from opening
+    (its error taken for an outage) until the journal was deleted by hand."""
+    run_id, folder = journal_of(repo, monkeypatch, five_steps_and_two_grids)
+    first_grid = sorted(folder.glob("f*/array.npy"))[0]
+    first_grid.write_bytes(first_grid.read_bytes()[:40])
+    with runs.start_run(stage="evaluate", params={}, settings=SETTINGS) as record:
+        later = record.run_id  # the later stage opens its run: start_run sent what waited
+    client = client_of(repo)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and client.get_run(later).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4, 5]
+    assert len(image_files(client, run_id)) == 2  # the second grid; the first was lost
+    assert "array.npy cannot be read" in run.data.tags["mnistgen.journal"]
+    assert "array.npy cannot be read" in capsys.readouterr().err
+
+
+def test_a_resent_journal_leaves_one_of_each_record(repo, monkeypatch):
+    """A crash after sending, before the `sent` count was saved (or that count damaged):
+    the journal goes again, and the store keeps one grid per step, not two."""
+    import shutil
+
+    from mnistgen.tracking.__main__ import main
+
+    run_id, folder = journal_of(repo, monkeypatch, five_steps_and_two_grids)
+    copy = repo / "journal-copy"
+    shutil.copytree(folder, copy)
+    assert main([]) == 0
+    client = client_of(repo)
+    once = (image_files(client, run_id), len(client.get_metric_history(run_id, "train/loss")))
+    shutil.copytree(copy, folder)
+    (folder / "sent").write_text("not a number")  # everything again
+    assert main([]) == 0
+    assert (image_files(client, run_id), len(client.get_metric_history(run_id, "train/loss"))) == once
+    assert len(once[0]) == 4
+
+
+def test_a_full_disk_under_the_journal_costs_no_training(repo, monkeypatch, capsys):
+    """numpy's short write (`OSError: 91204 requested and 3968 written`, no errno) on the
+    journal's disk used to stop training with a 29-line traceback: the records now go from
+    memory, the run ends FINISHED with every grid, and one line says what happened."""
+    real_save, calls = np.save, [0]
+
+    def short_write(path, array, **kwargs):
+        calls[0] += 1
+        if calls[0] >= 2:
+            raise OSError("91204 requested and 3968 written")
+        return real_save(path, array, **kwargs)
+
+    monkeypatch.setattr(outbox.np, "save", short_write)
+    with runs.start_run(stage="train_gan", params={}, settings=SETTINGS) as record:
+        for step in (1, 2, 3):
+            record.digits(np.full((8, 8), step, np.uint8), step)
+            record.metrics({"train/loss": 1.0 / step}, step=step)
+        run_id = record.run_id
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "91204 requested and 3968 written" in err, err
+    assert "2 record(s) of run" in err and "sent from memory" in err and "lost" not in err
+    client = client_of(repo)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(image_files(client, run_id)) == 6
+
+
+def test_a_model_record_sent_twice_is_logged_and_registered_once(repo, tmp_path):
+    """A resend or a repair of a `model` record must not log a second model or register a
+    second version of the same run."""
+    from mnistgen.models import GanConfig, Generator
+    from mnistgen.runtime import save_checkpoint
+    from mnistgen.tracking import registry
+
+    config = dict(arch="conv", latent_dim=4, g_hidden=[8, 4], d_hidden=[4, 8, 16],
+                  spectral_norm=False, conditional_bn=True)
+    checkpoint = tmp_path / "gan.pt"
+    save_checkpoint(checkpoint, kind="gan", models={"generator": Generator(GanConfig(**config))},
+                    config=config)
+    client = client_of(repo)
+    run_id = client.create_run(store.experiment(client)).info.run_id
+    record = {"kind": "gan", "name": "generator", "registered": "draw-mnist-cgan"}
+    for _ in range(2):
+        registry.deliver_model(client, run_id, record, checkpoint)
+    models = store.logged_models(client, store.experiment(client), f"source_run_id = '{run_id}'")
+    assert len(models) == 1
+    assert len(registry.registered_versions(client, "draw-mnist-cgan", run_id)) == 1

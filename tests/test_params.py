@@ -9,6 +9,7 @@ from conftest import repo_section
 from mnistgen.gan import GanParams
 from mnistgen.inverted import InvertedParams
 from mnistgen.sections import SCHEMAS as SECTIONS
+from mnistgen.sections import check_all
 from mnistgen.tracking.settings import TrackingParams
 
 RECORDING = {"tracking": TrackingParams}  # what check_params passes in
@@ -209,3 +210,44 @@ def test_a_cuda_index_the_machine_lacks_is_refused(monkeypatch):
     with pytest.raises(ParamsError, match=r"device 'cuda:3' requested but this machine has 1 CUDA"):
         pick_device("cuda:3")
     assert pick_device("cuda:0").index == 0
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", ".NaN"])
+def test_non_finite_numbers_are_refused(tmp_path, text):
+    """Comparisons with NaN are false, so no bound refuses it: refused by name instead."""
+    from conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params).replace("lr_g: 0.0004", f"lr_g: {text}"))
+    with pytest.raises(ParamsError, match=r"train_gan\.lr_g: expected a finite number"):
+        check_all(path, recording=RECORDING)
+
+
+def test_check_params_removes_a_resume_file_of_other_params_only(tmp_path):
+    """train_gan stopped under other params leaves a 17 MB resume file; set those params
+    back to values DVC's run cache has and train_gan never runs to clear it: check_params,
+    which runs on every params edit, does. One of the current params stays."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import ROOT, env_for, make_params
+    from mnistgen.gan import GanState
+
+    current, other = make_params("train_gan"), make_params("train_gan", lr_g=0.0003)
+    resume = tmp_path / "train_gan.pt"
+
+    def check_params():
+        return subprocess.run([sys.executable, "-m", "stages.check_params", "--params",
+                               str(ROOT / "params.yaml"), "--out", str(tmp_path / "params.txt"),
+                               "--resume", str(resume)], cwd=ROOT, env=env_for(ROOT),
+                              capture_output=True, text=True)
+
+    GanState(other, torch.device("cpu")).save(resume, other.digest())
+    result = check_params()
+    assert result.returncode == 0 and "removed" in result.stdout and not resume.exists(), result
+    GanState(current, torch.device("cpu")).save(resume, current.digest())
+    result = check_params()
+    assert result.returncode == 0 and "removed" not in result.stdout and resume.exists(), result

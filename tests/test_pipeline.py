@@ -152,6 +152,7 @@ def test_evaluate_run_links_what_it_scored_and_scores_land_on_training_runs(buil
 def test_registered_model_draws_the_requested_digit_and_serves_it(built_pipeline):
     import subprocess
     import time
+    import urllib.error
     import urllib.request
 
     import mlflow
@@ -204,6 +205,16 @@ def test_registered_model_draws_the_requested_digit_and_serves_it(built_pipeline
         assert answer is not None, server.stderr.read()[-3000:] if server.poll() is not None else "no answer"
         served = np.array(answer["predictions"], dtype=np.uint8)
         assert np.array_equal(served, expected[:2])
+        # a refused request: the project's line is the message a client reads, no stack trace
+        bad = json.dumps({"dataframe_records": [{"digit": 12}]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=bad,
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 400
+        error = json.loads(refused.value.read())
+        assert error["message"] == "row 0: digit must be a whole number in 0..9, got 12", error
+        assert "stack_trace" not in error
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -74,10 +74,11 @@ def repro_train_gan_with(repo, changes: dict):
     ("lr_gg", 0.1, "train_gan.lr_gg: unknown key (did you mean 'lr_g'?)"),
     ("batch_size", 1002, "train_gan.batch_size 1002 is larger than the 1000 training images"),
     ("device", "cuda:7", "train_gan.device: device 'cuda:7' requested but"),
+    ("lr_g", float("nan"), "train_gan.lr_g: expected a finite number, got nan"),  # passes every bound
 ])
 def test_bad_param_stops_with_the_key_named_and_outputs_intact(repo, key, value, phrase):
-    """A typo, a batch bigger than the data, a device this machine lacks: check_params says
-    so before DVC removes any of train_gan's outputs."""
+    """A typo, a batch bigger than the data, a device this machine lacks, NaN: check_params
+    says so before DVC removes any of train_gan's outputs."""
     before = (repo / "dvc.lock").read_text()
     model = (repo / "models/gan.pt").read_bytes()
     result = repro_train_gan_with(repo, {key: value})
@@ -156,3 +157,52 @@ def test_editing_a_library_module_marks_exactly_its_importers_changed(repo):
     assert set(status) == {"check_params", "train_judge", "train_inverted", "train_gan", "sample",
                            "evaluate", "sync_mlflow"}
     assert json.loads(dvc(repo, "status", "--json").stdout) == {"sync_mlflow": ["always changed"]}
+
+
+def test_an_unknown_section_is_refused_before_any_output_is_touched(repo):
+    """`foo: 1` at the top of params.yaml, then an edit that reruns `sample`: check_params
+    depends on the whole file, so it runs first and refuses the section in one line, while
+    samples/ is still in place (it used to pass unseen until `sample` failed on it, after
+    DVC had removed samples/)."""
+    samples = {p.name: p.read_bytes() for p in (repo / "samples").iterdir()}
+    params_text = (repo / "params.yaml").read_text()
+    script = repo / "stages/sample.py"
+    code = script.read_text()
+    (repo / "params.yaml").write_text(params_text + "foo: 1\n")
+    script.write_text(code + "\n# an edit that reruns sample\n")
+    try:
+        result = dvc(repo, "repro", check=False)
+    finally:
+        (repo / "params.yaml").write_text(params_text)
+        script.write_text(code)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "unknown section 'foo'" in output, output
+    assert "Running stage 'sample'" not in output
+    assert {p.name: p.read_bytes() for p in (repo / "samples").iterdir()} == samples
+
+
+def test_sync_repairs_a_missing_model_version_and_champion(repo):
+    """What a sync_mlflow killed half-way, or a user, leaves: the GAN's run with its
+    checkpoint tag but its registered version deleted (the alias goes with it), or no logged
+    model, no registered model at all. The next `dvc repro` used to say "champion unchanged"
+    every time; it now logs and registers what is missing, and @champion resolves again."""
+    from mnistgen.tracking import registry, store
+
+    client = store_client(repo)
+    run_id = registry.find_training_run(client, sha256_file(repo / "models/gan.pt")).info.run_id
+    for version in registry.registered_versions(client, "draw-mnist-cgan", run_id):
+        client.delete_model_version("draw-mnist-cgan", version.version)
+    output = dvc(repo, "repro").stdout
+    assert f"repaired the gan run {run_id}: its version of draw-mnist-cgan was missing" in output
+    assert registry.registered_versions(client, "draw-mnist-cgan", run_id)
+    client.get_model_version_by_alias("draw-mnist-cgan", "champion")  # resolves (raises if not)
+
+    experiment = client.get_run(run_id).info.experiment_id
+    for model in store.logged_models(client, experiment, f"source_run_id = '{run_id}'"):
+        client.delete_logged_model(model.model_id)
+    client.delete_registered_model("draw-mnist-cgan")
+    output = dvc(repo, "repro").stdout
+    assert f"repaired the gan run {run_id}: its model was missing" in output
+    assert registry.logged_model_id(client, run_id, "generator") is not None
+    assert client.get_model_version_by_alias("draw-mnist-cgan", "champion").run_id == run_id
+    assert "already shows the current outputs" in dvc(repo, "repro").stdout  # nothing twice

@@ -223,8 +223,12 @@ def uninterrupted_gan(pipeline_repo, tmp_path_factory) -> bytes:
     return (out / "gan.pt").read_bytes()
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_in_one_line_marks_the_run_killed_and_resumes_to_the_same_bytes(
-        pipeline_repo, uninterrupted_gan):
+        pipeline_repo, uninterrupted_gan, signum, code):
+    """Ctrl-C, and SIGTERM (what a CI cancel, `timeout` and `kill` send; it used to kill the
+    stage on the spot: no line, no resume file, the run left RUNNING), alike."""
     from mlflow.tracking import MlflowClient
 
     before = snapshot(pipeline_repo)
@@ -237,9 +241,9 @@ def test_ctrl_c_stops_in_one_line_marks_the_run_killed_and_resumes_to_the_same_b
                             env={**env_for(pipeline_repo), "MNISTGEN_PROGRESS_SECONDS": "0.2"})
     first = proc.stdout.readline()  # the first progress line: training is under way
     assert first.startswith("train_gan: step "), first
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     stopped_at = int(err.split("interrupted at step ")[1].split("/")[0])
     assert resume.exists() and snapshot(pipeline_repo)[0] == before[0]  # outputs untouched

@@ -20,13 +20,17 @@ def main(argv=None) -> int:
         return 0
     try:
         check_store(uri)
-        sent = send_waiting(repo_root(), uri, HANDLERS)
+        sent, waits = send_waiting(repo_root(), uri, HANDLERS)
     except TrackingError as err:
         print(f"outbox: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - the store's own error, in one line
         print(f"outbox: error: could not send to {uri} ({one_line(err)}); the journals stay in "
               f"{OUTBOX}/ for the next try", file=sys.stderr)
+        return 1
+    if waits:
+        print(f"outbox: error: {uri} did not take {len(waits)} journal(s) ({waits[0]}); they stay in "
+              f"{OUTBOX}/ for the next try" + (f"; sent {len(sent)}" if sent else ""), file=sys.stderr)
         return 1
     left = len(waiting(repo_root()))
     print(f"outbox: sent the records of {len(sent)} run(s) to {uri}"

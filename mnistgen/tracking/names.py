@@ -21,6 +21,7 @@ CHECKPOINT_TAG = "checkpoint_sha256"  # which output the run trained: the key to
 DATA_TAG = "data_sha256"
 ERROR_TAG = "error"  # why a run ended FAILED or KILLED
 RECORDED_TAG = "mnistgen.recorded"  # recorded from DVC's outputs, not trained in this store
+JOURNAL_TAG = "mnistgen.journal"  # what a damaged outbox journal lost of the run
 JUDGE_TAG = "final/judge_sha256"  # which judge scored the run's final/* metrics
 # which process holds a run open: tells a dead one from a live one
 HOST_TAG, PID_TAG, PID_STARTED_TAG = "mnistgen.host", "mnistgen.pid", "mnistgen.pid_started"

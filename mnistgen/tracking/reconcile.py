@@ -41,9 +41,6 @@ from mnistgen.tracking.runs import pipeline_parent, stage_run
 from mnistgen.tracking.settings import TrackingParams
 from mnistgen.tracking.store import repo_root
 
-SYNC_HANDLERS = {**HANDLERS, "scores": registry.deliver_scores, "alias": registry.deliver_alias}
-
-
 @dataclass
 class Workspace:
     """The DVC outputs the store must show (paths as declared in dvc.yaml)."""
@@ -88,9 +85,11 @@ def reconcile(client, experiment_id: str, ws: Workspace, settings: TrackingParam
         runs[name] = client.get_run(run_id)
         done.append(f"recorded {name} from DVC's outputs (no run in this store trained it): "
                     f"run {run_id}")
+    repaired = _repair(client, runs, checkpoints, settings)
+    done += repaired.values()
     sync = Outbox(root=repo_root(), uri=client.tracking_uri, run_id=f"sync-{uuid.uuid4().hex}",
-                  handlers=SYNC_HANDLERS)
-    done += _scores_on_training_runs(sync, runs, ws=ws, summary=summary, shas=shas)
+                  handlers=HANDLERS)
+    done += _scores_on_training_runs(sync, runs, ws=ws, summary=summary, shas=shas, again=set(repaired))
     if parent is not None and _scores_on_pipeline_run(sync, client.get_run(parent), summary, state):
         done.append(f"scores on the pipeline run {parent}")
     score = final_metrics(summary["rows"], "gan")[CHAMPION_METRIC]
@@ -105,6 +104,32 @@ def reconcile(client, experiment_id: str, ws: Workspace, settings: TrackingParam
         done.append(f"{client.tracking_uri} did not take {describe(left)} ({sync.problem or 'no answer'}); "
                     f"they wait in {sync.folder.relative_to(repo_root())}/ for the next `dvc repro` "
                     f"or `python -m mnistgen.tracking`")
+    return done
+
+
+def _repair(client, runs: dict, checkpoints: dict, settings: TrackingParams) -> dict[str, str]:
+    """What a run found for a checkpoint must hold besides its tag: its logged model, and
+    for the GAN a registered version (a sync killed half-way, a version deleted by hand).
+    What is missing is logged again from the checkpoint (registry.deliver_model logs and
+    registers only what is not there), delivered before the champion is decided.
+    -> {row name: what was repaired}."""
+    repairs = Outbox(root=repo_root(), uri=client.tracking_uri, run_id=f"sync-{uuid.uuid4().hex}",
+                     handlers=HANDLERS)
+    done = {}
+    for name, run in runs.items():
+        stage, variant, path = checkpoints[name]
+        logged, run_id = logged_model(stage, variant), run.info.run_id
+        no_model = registry.logged_model_id(client, run_id, logged.name) is None
+        unregistered = logged.registered and not registry.registered_versions(client, logged.registered, run_id)
+        if no_model or unregistered:
+            repairs.put("model", run=run_id, kind=logged.kind, name=logged.name,
+                        registered=logged.registered, source=path)
+            what = "its model" if no_model else f"its version of {logged.registered}"
+            done[name] = f"repaired the {name} run {run_id}: {what} was missing"
+    left = repairs.close(settings.outage_wait)
+    if left:
+        done[""] = (f"{client.tracking_uri} did not take {describe(left)} ({repairs.problem or 'no answer'}); "
+                    f"they wait in .mlflow-outbox/ for the next `dvc repro`")
     return done
 
 
@@ -123,7 +148,9 @@ def _pipeline_shows(client, experiment_id: str, state: str) -> bool:
 
 
 def _scores_on_training_runs(sync: Outbox, runs: dict, *, ws: Workspace, summary: dict,
-                             shas: dict) -> list[str]:
+                             shas: dict, again: set) -> list[str]:
+    """evaluate's scores on each training run (and its logged models) that does not show
+    them yet, or whose model was just logged again (`again`)."""
     done = []
     rows, sources = summary["rows"], sample_sources(ws.samples)
     for name, run in runs.items():
@@ -134,7 +161,7 @@ def _scores_on_training_runs(sync: Outbox, runs: dict, *, ws: Workspace, summary
             metrics = final_metrics(rows, name)
         else:
             continue
-        if not registry.shows_scores(run, metrics, judge_sha256=shas["judge"]):
+        if name in again or not registry.shows_scores(run, metrics, judge_sha256=shas["judge"]):
             sync.put("scores", run=run.info.run_id, metrics=metrics, judge=shas["judge"])
             done.append(f"final scores on the {name} run {run.info.run_id}")
     return done

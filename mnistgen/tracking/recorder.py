@@ -17,8 +17,10 @@ from mnistgen.tracking.outbox import Outbox
 from mnistgen.tracking.settings import TrackingParams
 from mnistgen.tracking.store import StoreFull, one_line_errors, open_client, repo_root
 
-# records the outbox itself does not know how to send
-HANDLERS = {"model": registry.deliver_model}
+# records the outbox itself does not know how to send (a stage's and sync_mlflow's alike:
+# any journal left behind may hold any of them)
+HANDLERS = {"model": registry.deliver_model, "scores": registry.deliver_scores,
+            "alias": registry.deliver_alias}
 FAILED_CLOSE_WAIT_S = 10  # after a failure or Ctrl-C the error matters more than the wait
 
 
@@ -55,15 +57,15 @@ class Recorder:
     def digits(self, image, step: int) -> None:
         """A grid of digits (uint8 (H, W), one row per digit) in the run's image series,
         which the UI shows step by step."""
-        self._put("image", key=GRID_IMAGE, step=step, file=self.outbox.keep_array(image))
+        self._put("image", key=GRID_IMAGE, step=step, array=image)
 
     def final_digits(self, image) -> None:
         """The final grid as a plain file at the run's top level (not a step series): the
         files of two runs show side by side in the UI's compare view."""
-        self._put("picture", name=FINAL_PICTURE, file=self.outbox.keep_array(image))
+        self._put("picture", name=FINAL_PICTURE, array=image)
 
     def file(self, path: Path, artifact_path: str | None = None) -> None:
-        self._put("file", path=artifact_path, file=self.outbox.keep_file(Path(path)))
+        self._put("file", path=artifact_path, source=Path(path))
 
     def dataset(self, data_path: Path, context: str = "training") -> None:
         """Which data the run saw: the file's path and its sha256 digest."""
@@ -79,7 +81,7 @@ class Recorder:
         logged = logged_model(self.stage, self.variant)
         self.tags(**{CHECKPOINT_TAG: sha256_file(checkpoint)})
         self._put("model", kind=logged.kind, name=logged.name, registered=logged.registered,
-                  checkpoint=self.outbox.keep_file(Path(checkpoint)), if_finished=True)
+                  source=Path(checkpoint), if_finished=True)
 
     def link_sources(self, sources: dict) -> None:
         """Which training run and checkpoint each scored row came from (evaluate)."""
@@ -111,6 +113,12 @@ class Recorder:
         wait = self.settings.outage_wait if status == "FINISHED" else min(self.settings.outage_wait,
                                                                           FAILED_CLOSE_WAIT_S)
         left = self.outbox.close(wait)
+        if self.outbox.unjournaled:  # training went on; the records went from memory
+            lost = self.outbox.lost()
+            print(f"{self.stage}: MLflow: .mlflow-outbox/ could not be written "
+                  f"({self.outbox.journal_problem}); {self.outbox.unjournaled} record(s) of run "
+                  f"{self.run_id} were sent from memory instead"
+                  + (f", {lost} of them not sent: lost" if lost else ""), file=sys.stderr, flush=True)
         if status != "FINISHED":  # a failing stage says why in its own line
             return
         if self.outbox.failure is not None:  # the store is full: the stage fails, in one line

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 import mnistgen
+from mnistgen.errors import one_line
 from mnistgen.tracking.names import (CHAMPION, CHAMPION_METRIC, CHECKPOINT_TAG, JUDGE_TAG, NOTE_TAG,
                                      REGISTERED)
 
@@ -15,11 +16,13 @@ PACKAGE = Path(mnistgen.__file__).parent  # the code a served model carries with
 
 
 def find_training_run(client, checkpoint_sha256: str):
-    """The newest run (in any experiment) that wrote the checkpoint with this sha256, or None."""
+    """The newest FINISHED run (in any experiment) that wrote the checkpoint with this
+    sha256, or None: a run killed half-way does not stand for the checkpoint."""
     from mlflow.entities import ViewType
 
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    runs = client.search_runs(experiments, filter_string=f"tags.`{CHECKPOINT_TAG}` = '{checkpoint_sha256}'",
+    runs = client.search_runs(experiments, filter_string=f"tags.`{CHECKPOINT_TAG}` = '{checkpoint_sha256}' "
+                                                         f"and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
@@ -30,7 +33,7 @@ def shows_scores(run, metrics: dict, *, judge_sha256: str) -> bool:
     return run.data.tags.get(JUDGE_TAG) == judge_sha256 and all(held.get(k) == v for k, v in metrics.items())
 
 
-def deliver_scores(client, run_id: str, record: dict, folder: Path) -> None:
+def deliver_scores(client, run_id: str, record: dict, path: Path | None) -> None:
     """An outbox `scores` record: evaluation metrics on the run that trained the model and
     on the models it logged, so the UI's compare view and model page show params, curves,
     images and scores together; tagged with the judge that scored them."""
@@ -70,7 +73,7 @@ def champion_decision(client, run_id: str, score: float, *, judge_sha256: str,
     -> (the version to point the alias at, or None; what was decided, for the log)."""
     from mlflow.exceptions import MlflowException
 
-    versions = client.search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
+    versions = registered_versions(client, registered_name, run_id)
     if not versions:
         return None, f"no registered version of {registered_name} from run {run_id}; {alias} unchanged"
     new = max(versions, key=lambda v: int(v.version))
@@ -96,7 +99,7 @@ def champion_decision(client, run_id: str, score: float, *, judge_sha256: str,
     return new.version, f"{registered_name} v{new.version} is now @{alias}{was}: Fréchet {score:.2f}x the floor"
 
 
-def deliver_alias(client, run_id: str, record: dict, folder: Path) -> None:
+def deliver_alias(client, run_id: str, record: dict, path: Path | None) -> None:
     """An outbox `alias` record: point a registered model's alias at a version."""
     client.set_registered_model_alias(record["name"], record["alias"], record["version"])
 
@@ -104,34 +107,60 @@ def deliver_alias(client, run_id: str, record: dict, folder: Path) -> None:
 # ---------------------------------------------------------------- logging models
 
 
-def deliver_model(client, run_id: str, record: dict, folder: Path) -> None:
+def deliver_model(client, run_id: str, record: dict, checkpoint: Path) -> None:
     """An outbox `model` record: the checkpoint it kept, logged to run_id in a format that
     loads without unpickling anything (and registered when the record says so):
-    - kind "gan": a pyfunc from code (mnistgen/serving_model.py + the checkpoint, which
-      loads with weights_only=True), taking {digit, count, seed} rows (mnistgen.serving);
-    - kind "judge" / "inverted": the torch module exported with torch.export (pt2)."""
+    - kind "gan": a pyfunc from code (tracking/serving_model.py + the checkpoint, which
+      loads with weights_only=True), taking {digit, count, seed} rows (tracking.serving);
+    - kind "judge" / "inverted": the torch module exported with torch.export (pt2).
+    Sent twice (a resend after a crash, a repair), it logs and registers once: a READY
+    model of that name in the run is kept, a version of it is not made again."""
     import mlflow
     from mlflow.models import Model
 
-    name, checkpoint = record["name"], folder / record["checkpoint"]
+    from mnistgen.runtime import CheckpointError, load_checkpoint
+    from mnistgen.tracking.outbox import DamagedRecord
+
+    name, kind = record["name"], record["kind"]
+    try:  # a checkpoint cut short in the journal would be logged as a model that never loads
+        load_checkpoint(checkpoint, kind)
+    except CheckpointError as err:
+        raise DamagedRecord(f"model record: {one_line(err, 120)}") from err
     # MLflow files a logged model under the active experiment, not its run's: set it
     mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     _drop_unfinished_models(client, run_id, name)  # a send an outage cut short
-    if record["kind"] == "gan":
+    model_id = logged_model_id(client, run_id, name)
+    if model_id is None and kind == "gan":
         import mlflow.pyfunc
         import torch
 
         from mnistgen.tracking import serving
 
-        info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
-                         python_model=str(SERVING_CODE), artifacts={"checkpoint": str(checkpoint)},
-                         code_paths=[str(PACKAGE)], signature=serving.signature(),
-                         input_example=serving.EXAMPLE,
-                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pandas", "numpy"])
-    else:
-        info = _log_exported(run_id, name=name, kind=record["kind"], checkpoint=checkpoint)
-    if record.get("registered"):
-        register(client, record["registered"], info.model_id, run_id)
+        model_id = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                             python_model=str(SERVING_CODE), artifacts={"checkpoint": str(checkpoint)},
+                             code_paths=[str(PACKAGE)], signature=serving.signature(),
+                             input_example=serving.EXAMPLE,
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pandas",
+                                               "numpy"]).model_id
+    elif model_id is None:
+        model_id = _log_exported(run_id, name=name, kind=kind, checkpoint=checkpoint).model_id
+    if record.get("registered") and not registered_versions(client, record["registered"], run_id):
+        register(client, record["registered"], model_id, run_id)
+
+
+def logged_model_id(client, run_id: str, name: str) -> str | None:
+    """The READY model `name` that run_id logged, or None."""
+    from mnistgen.tracking.store import logged_models, model_status
+
+    run = client.get_run(run_id)
+    ready = [m for m in logged_models(client, run.info.experiment_id, f"source_run_id = '{run_id}'")
+             if m.name == name and model_status(m) == "READY"]
+    return ready[-1].model_id if ready else None
+
+
+def registered_versions(client, registered_name: str, run_id: str) -> list:
+    """The versions of `registered_name` made from run_id's models."""
+    return client.search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
 
 
 def _log_exported(run_id: str, *, name: str, kind: str, checkpoint: Path):

@@ -73,9 +73,11 @@ def prepare_store(client, uri: str) -> str:
             print(f"MLflow: this repository was copied or moved from {old}; artifact folders in "
                   f"mlflow.db now point at {root / 'mlruns'}", file=sys.stderr)
     experiment_id = experiment(client)
-    with one_line_errors(uri, "sending records an outage held back (they stay in .mlflow-outbox/ "
-                              "for the next try)"):
-        send_waiting(root, uri, HANDLERS)
+    with one_line_errors(uri, "sending records an outage held back"):
+        _, left = send_waiting(root, uri, HANDLERS)
+    for line in left:  # an old journal never stops a stage: it waits for the next try
+        print(f"MLflow: a journal in .mlflow-outbox/ waits for the next try ({line})",
+              file=sys.stderr, flush=True)
     close_orphaned_runs(client, experiment_id, keep=set(waiting(root)))
     drop_unfinished_models(client, experiment_id)
     return experiment_id

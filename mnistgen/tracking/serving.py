@@ -18,6 +18,8 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from mnistgen.generators import MAX_COUNT, MAX_SEED, MAX_TOTAL, draw
 DESCRIPTION = ("Class-conditional GAN generator for MNIST digits (draw-mnist pipeline). Input: rows "
@@ -29,12 +31,32 @@ DESCRIPTION = ("Class-conditional GAN generator for MNIST digits (draw-mnist pip
                "evaluate's final scores.")
 
 
+class RequestRefused(MlflowException, ValueError):
+    """A request the model refuses, as the project's one line naming the bad row: what an
+    HTTP client of `mlflow models serve` reads as the message (status 400). MLflow's scoring
+    server wraps any other error in "an unexpected error while evaluating the model" with a
+    stack trace, and puts an echo of the whole request before an MlflowException's message;
+    this one's message is the line alone."""
+
+    def __init__(self, line: str):
+        self.line = line
+        super().__init__(line, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self.line
+
+    @message.setter
+    def message(self, value: str) -> None:  # the server's echo of the request: not kept
+        pass
+
+
 def requests(frame: pd.DataFrame) -> list[tuple[int, int, int]]:
-    """(digit, count, seed) per row, checked; ValueError names the bad row. One rule for the
+    """(digit, count, seed) per row, checked; RequestRefused (a ValueError) names the bad row. One rule for the
     three columns: a whole number (an int, or a float with nothing after the point, as
     pandas holds a column with gaps); strings and true/false are refused."""
     if "digit" not in frame.columns:
-        raise ValueError(f"each row needs a 'digit' (0-9); got columns {list(frame.columns)}")
+        raise RequestRefused(f"each row needs a 'digit' (0-9); got columns {list(frame.columns)}")
     out = []
     for i, row in enumerate(frame.to_dict("records")):
         values = {key: whole_number(row.get(key), key=key, default=default, lo=lo, hi=hi, row=i)
@@ -43,7 +65,7 @@ def requests(frame: pd.DataFrame) -> list[tuple[int, int, int]]:
         out.append((values["digit"], values["count"], values["seed"]))
     total = sum(count for _, count, _ in out)
     if total > MAX_TOTAL:
-        raise ValueError(f"this request asks for {total:,} digits; at most {MAX_TOTAL:,} per request "
+        raise RequestRefused(f"this request asks for {total:,} digits; at most {MAX_TOTAL:,} per request "
                          f"(split it)")
     return out
 
@@ -55,7 +77,7 @@ def whole_number(value, *, key: str, default, lo: int, hi: int, row: int) -> int
     integral = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating))
                                                         and not missing and float(value).is_integer())
     if missing or isinstance(value, (bool, np.bool_)) or not integral or not lo <= int(value) <= hi:
-        raise ValueError(f"row {row}: {key} must be a whole number in {lo}..{hi}, got {value!r}")
+        raise RequestRefused(f"row {row}: {key} must be a whole number in {lo}..{hi}, got {value!r}")
     return int(value)
 
 
