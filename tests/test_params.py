@@ -218,8 +218,9 @@ def test_non_finite_numbers_are_refused(tmp_path, text):
     from conftest import ROOT
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train_gan"]["lr_g"] = "LR"
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params).replace("lr_g: 0.0004", f"lr_g: {text}"))
+    path.write_text(yaml.safe_dump(params).replace("lr_g: LR", f"lr_g: {text}"))
     with pytest.raises(ParamsError, match=r"train_gan\.lr_g: expected a finite number"):
         check_all(path, recording=RECORDING)
 

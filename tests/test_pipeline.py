@@ -269,9 +269,10 @@ def test_score_reproduces_evaluates_gan_row_and_scores_a_users_32px_file(built_p
     np.savez(tmp_path / "mine.npz", images=big.round().to(torch.uint8).squeeze(1).numpy(), labels=labels)
     sh(pipeline_repo, sys.executable, "-m", "mnistgen.score", str(tmp_path / "mine.npz"))
     mine = json.loads((tmp_path / "mine.score.json").read_text())["row"]
-    # real digits after the documented resize read as the real row does (this shrunken judge
-    # is weak: compare with its own real row, not with a fixed accuracy)
+    # real digits after the documented resize still read as digits (this shrunken judge is
+    # weak, ~50%, and its real row has only 100 digits: compare with that row, loosely; a
+    # wrong scale or layout reads at chance, 10%)
     real = summary["rows"]["real_test"]
-    assert abs(mine["accuracy"] - real["accuracy"]) < 0.1 and mine["recall"] > 0.5 * real["recall"]
+    assert mine["accuracy"] > 0.6 * real["accuracy"] and mine["recall"] > 0.5 * real["recall"]
     bad = sh(pipeline_repo, sys.executable, "-m", "mnistgen.score", "data/mnist.npz", check=False)
     assert bad.returncode == 1 and "no 'images' array" in bad.stderr and "Traceback" not in bad.stderr
