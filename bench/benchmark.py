@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.flops import report as flops_report, stage_flops
+from bench.flops import r1_flops, report as flops_report, stage_flops
 from mnistgen.data import load_arrays
 from mnistgen.images import to_model_input
 from mnistgen.models import Discriminator, Generator, Judge
@@ -75,7 +75,11 @@ def gan_bench(p: GanParams, images, labels, steps: int, repeats: int):
         z = torch.randn(p.batch_size, p.latent_dim, generator=state.noise)
         gan_step(state, images[idx], labels[idx], z, p)
 
-    flops = flops_of(one_step) / p.batch_size
+    state.step = 1  # count a step without R1 (FlopCounterMode cannot watch autograd.grad),
+    flops = flops_of(one_step) / p.batch_size  # then add R1's share as bench.flops does
+    if p.r1:
+        idx = torch.arange(p.batch_size) % len(images)
+        flops += r1_flops(state.D, images[idx], labels[idx]) / p.r1_every / p.batch_size
     times = timed(lambda: [one_step() for _ in range(steps)], repeats)
     return [steps * p.batch_size / t for t in times], flops, state
 
@@ -135,7 +139,7 @@ def judge_bench(p: JudgeParams, images, labels, steps: int, repeats: int):
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
     gen = torch.Generator().manual_seed(0)
     cpu = torch.device("cpu")
-    precision = resolve_precision(p.precision, cpu)
+    precision = resolve_precision(p.precision, cpu, model="judge")
 
     def one_step():
         idx = torch.randint(0, len(images), (p.batch_size,), generator=gen)

@@ -38,7 +38,7 @@ def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, dat
     labels = torch.as_tensor(arrays["train_labels"][:limit]).long()
     start = time.perf_counter()
     judge, steps = train_judge(params=p, images=images, labels=labels, device=device,
-                               precision=resolve_precision(p.precision, device))
+                               precision=resolve_precision(p.precision, device, model="judge"))
     seconds = time.perf_counter() - start
     judge.eval()
     test_acc = accuracy(judge, to_model_input(arrays["test_images"]),

@@ -49,7 +49,7 @@ def step_functions(what: str):
     set_threads(p.threads)
     model = fast_layout(Judge(p.model_config()))
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
-    precision = resolve_precision(p.precision, cpu)
+    precision = resolve_precision(p.precision, cpu, model="judge")
 
     def one_step():  # what train_classifier does per step
         idx = torch.randint(0, len(images), (p.batch_size,), generator=gen)

@@ -55,6 +55,8 @@ class GanParams(RunParams):
     precision: str = precision_field()
     epochs: int = field(lo=1, hi=10000)
     ema_decay: float = field(lo=0.0, hi=0.99999, doc="EMA of the generator; 0 = off")
+    ema_warmup: float = field(lo=1.0, hi=1e9, doc="the EMA's decay at step t is min(ema_decay, "
+                                                  "(1 + t) / (ema_warmup + t))")
     train_limit: int = field(lo=0, doc="use only the first N training images; 0 = all")
     log_every: int = field(lo=1)
     sample_every: int = field(lo=1, doc="log a fixed-noise grid to MLflow every N steps")
@@ -118,7 +120,7 @@ class GanState:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=params.lr_g, betas=(params.beta1, params.beta2))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=params.lr_d, betas=(params.beta1, params.beta2))
         self.noise = torch.Generator().manual_seed(params.seed + 1)
-        self.precision = resolve_precision(params.precision, device)
+        self.precision = resolve_precision(params.precision, device, model="gan")
         self.autocast = lambda: autocast(device, self.precision)
         self.step, self.losses, self.quality, self.run_id = 0, [], [], None
         self.last_losses = (math.nan, math.nan)  # (loss_d, loss_g) of the latest step
@@ -196,7 +198,7 @@ def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
         loss_g.backward()
         s.opt_g.step()
         # warm-up: early on the EMA follows G closely instead of averaging in the random init
-        update_ema(s.G_ema, s.G, min(p.ema_decay, (1 + s.step) / (10 + s.step)))
+        update_ema(s.G_ema, s.G, min(p.ema_decay, (1 + s.step) / (p.ema_warmup + s.step)))
     return (loss_d.item() if d_ok else math.nan), (loss_g.item() if g_ok else math.nan)
 
 

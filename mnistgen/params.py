@@ -154,7 +154,7 @@ def load_section(path: str | Path, section: str, cls):
 def precision_field():
     """The `precision` key of the training sections (see mnistgen.runtime.resolve_precision)."""
     return field(choices=("auto", "fp32", "bf16"),
-                 doc="bf16 mixed precision; auto = bf16 where the device has bf16 units")
+                 doc="bf16 mixed precision; auto = whichever measured faster on the device's kind")
 
 
 @dataclasses.dataclass

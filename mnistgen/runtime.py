@@ -120,26 +120,49 @@ def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def has_fast_bf16(device: torch.device) -> bool:
-    """bf16 matrix units: AMX on Intel CPUs (measured here: 2.2 TFLOP/s bf16 vs 0.38 fp32),
-    Ampere or newer on CUDA. Without them (AVX2 CPUs) bf16 is slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "mps":  # not measured there: fp32, the safe choice
-        return False
+# What `precision: auto` picks on a CPU, by the CPU's kind and by the model that trains: the
+# faster of fp32 and bf16 in training images/s, measured per kind (docs/speed.md, "Precision
+# per CPU kind"). The GAN's step gains from bf16 units; the judge's (small convs, pooling,
+# BatchNorm) runs slower in bf16 on both kinds that have them. A table, not a timing at run
+# time, so reruns on one kind of CPU give identical bytes.
+AUTO_PRECISION_ON_CPU = {
+    "amx": {"gan": "bf16", "judge": "fp32"},
+    "avx512_bf16": {"gan": "bf16", "judge": "fp32"},
+    "fp32": {"gan": "fp32", "judge": "fp32"},
+}
+
+
+def cpu_kind() -> str:
+    """'amx' (Intel with AMX tiles), 'avx512_bf16' (bf16 dot products in AVX-512, e.g. AMD
+    Zen 4) or 'fp32' (every other CPU, e.g. AVX2-only laptops, and any CPU whose oneDNN is held
+    below those instructions by ONEDNN_MAX_CPU_ISA, as on the laptop path)."""
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    if limit != "ALL" and "AMX" not in limit:  # oneDNN told to stay below AMX (the laptop path)
-        return False
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, hence the guard
-    return bool(amx and amx())
+    amx_allowed = limit == "ALL" or "AMX" in limit
+    bf16_allowed = amx_allowed or "BF16" in limit or "AVX10" in limit
+    if amx_allowed and _cpu_has("_is_amx_tile_supported"):
+        return "amx"
+    if bf16_allowed and _cpu_has("_is_avx512_bf16_supported"):
+        return "avx512_bf16"
+    return "fp32"
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' where the device has bf16 matrix units, else 'fp32'. Depends on the
-    hardware only (never on a timing), so reruns on one machine give identical bytes."""
+def _cpu_has(probe: str) -> bool:
+    check = getattr(torch.cpu, probe, None)  # private, hence the guard
+    return bool(check and check())
+
+
+def resolve_precision(name: str, device: torch.device, *, model: str) -> str:
+    """'auto' -> bf16 or fp32 for `model` ('gan' or 'judge'): on a CPU by its kind's row of
+    AUTO_PRECISION_ON_CPU; on CUDA bf16 where the card has bf16 units (Ampere or newer); fp32
+    on Apple's MPS (not measured there). Never depends on a timing, so reruns on one kind of
+    machine give identical bytes. An explicit fp32 or bf16 always wins."""
     if name != "auto":
         return name
-    return "bf16" if has_fast_bf16(device) else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    if device.type == "mps":
+        return "fp32"
+    return AUTO_PRECISION_ON_CPU[cpu_kind()][model]
 
 
 def autocast(device: torch.device, precision: str):

@@ -31,7 +31,7 @@ def main(argv=None):
     settings = load_section(args.params, "tracking", TrackingParams)
     device, threads = prepare(params)
     world, device = distributed.start(device)
-    precision = resolve_precision(params.precision, device)
+    precision = resolve_precision(params.precision, device, model="judge")
     if world.is_main:
         store.check_store(store.tracking_uri())  # before any work: fail fast
     arrays = load_arrays(args.data)

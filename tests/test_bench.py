@@ -59,3 +59,22 @@ def test_the_consistency_term_costs_about_a_quarter_more_per_judge_step(tmp_path
     more = flops_for(tmp_path, "held", {"train_judge": {"consistency": 0.2}})
     less = flops_for(tmp_path, "plain", {"train_judge": {"consistency": 0.0}})
     assert more["train_judge"] > less["train_judge"] and more["evaluate"] == less["evaluate"]
+
+
+def test_the_gan_benchmark_counts_r1_steps_at_their_share():
+    """`make bench` times the real step, R1 included (FlopCounterMode cannot watch
+    torch.autograd.grad, so R1's work is added as its 1/r1_every share, as bench.flops does)."""
+    import dataclasses
+
+    import torch
+
+    from bench.benchmark import gan_bench
+    from conftest import make_params
+
+    p = make_params("train_gan", arch="conv", latent_dim=8, g_hidden=[8, 4], d_hidden=[4, 8, 16],
+                    batch_size=16, r1=0.3, r1_every=2, mode_seeking=0.0, precision="fp32")
+    images, labels = torch.rand(64, 1, 28, 28) * 2 - 1, torch.arange(64) % 10
+    rates, with_r1, _ = gan_bench(p, images, labels, steps=2, repeats=1)
+    _, without_r1, _ = gan_bench(dataclasses.replace(p, r1=0.0), images, labels, steps=2, repeats=1)
+    assert len(rates) == 1 and rates[0] > 0
+    assert without_r1 < with_r1 < 2 * without_r1

@@ -1,21 +1,35 @@
-"""bf16 mixed precision: chosen by the hardware, close to fp32, never touching stored weights."""
+"""bf16 mixed precision: chosen by the CPU's kind and the model, close to fp32, never touching stored weights."""
 import pytest
 import torch
 
-from mnistgen.runtime import resolve_precision
+from mnistgen.runtime import cpu_kind, resolve_precision
 from conftest import make_params
 from mnistgen.gan import GanState, gan_step
 
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("amx, expected", [(True, "bf16"), (False, "fp32")])
-def test_auto_uses_bf16_only_on_cpus_with_bf16_units(monkeypatch, amx, expected):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    assert resolve_precision("auto", CPU) == expected
-    assert resolve_precision("fp32", CPU) == "fp32"  # an explicit choice always wins
-    assert resolve_precision("bf16", CPU) == "bf16"
+def pretend_cpu(monkeypatch, *, amx: bool, avx512_bf16: bool, isa_limit: str | None = None):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    if isa_limit is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_limit)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, kind", [(True, True, "amx"), (False, True, "avx512_bf16"),
+                                                    (False, False, "fp32")])
+def test_auto_follows_the_measured_row_of_the_cpus_kind(monkeypatch, amx, avx512_bf16, kind):
+    """bf16 for the GAN where the CPU has bf16 units; the judge, slower in bf16 on both kinds
+    that have them (docs/speed.md), stays fp32 on every CPU."""
+    pretend_cpu(monkeypatch, amx=amx, avx512_bf16=avx512_bf16)
+    assert cpu_kind() == kind
+    assert resolve_precision("auto", CPU, model="gan") == ("fp32" if kind == "fp32" else "bf16")
+    assert resolve_precision("auto", CPU, model="judge") == "fp32"
+    for model in ("gan", "judge"):  # an explicit choice always wins
+        assert resolve_precision("fp32", CPU, model=model) == "fp32"
+        assert resolve_precision("bf16", CPU, model=model) == "bf16"
 
 
 def one_step(precision: str):
@@ -51,13 +65,13 @@ def test_bf16_step_tracks_fp32_and_keeps_weights_and_optimizer_in_fp32():
             assert same_sign > 0.9, name
 
 
-def test_onednn_held_below_amx_means_no_fast_bf16(monkeypatch):
-    """The laptop path on an AMX machine (ONEDNN_MAX_CPU_ISA=AVX2): auto must pick fp32."""
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
-    assert resolve_precision("auto", CPU) == "bf16"
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert resolve_precision("auto", CPU) == "fp32"
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
-    assert resolve_precision("auto", CPU) == "bf16"
-    assert resolve_precision("bf16", CPU) == "bf16"  # an explicit choice stands
+@pytest.mark.parametrize("isa_limit, kind", [("ALL", "amx"), ("AVX2", "fp32"), ("avx512_core", "fp32"),
+                                             ("avx512_core_bf16", "avx512_bf16"),
+                                             ("avx512_core_amx", "amx")])
+def test_onednn_held_below_the_bf16_units_means_the_fp32_row(monkeypatch, isa_limit, kind):
+    """The laptop path on an AMX machine (ONEDNN_MAX_CPU_ISA=AVX2): auto must pick fp32, as
+    the kernels oneDNN may use decide the kind, not the chip's flags."""
+    pretend_cpu(monkeypatch, amx=True, avx512_bf16=True, isa_limit=isa_limit)
+    assert cpu_kind() == kind
+    assert resolve_precision("auto", CPU, model="gan") == ("fp32" if kind == "fp32" else "bf16")
+    assert resolve_precision("bf16", CPU, model="gan") == "bf16"  # an explicit choice stands
