@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from bench.flops import r1_flops, report as flops_report, stage_flops
+from bench.flops import count, gan_step_flops, report as flops_report, stage_flops
 from mnistgen.data import load_arrays
 from mnistgen.images import to_model_input
 from mnistgen.models import Discriminator, Generator, Judge
@@ -59,12 +58,6 @@ def matmul_peak(repeats: int, n: int = 2048, per_repeat: int = 5,
     return [per_repeat * 2 * n ** 3 / t / 1e9 for t in times]
 
 
-def flops_of(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
 def gan_bench(p: GanParams, images, labels, steps: int, repeats: int):
     """images/s and FLOPs per image of our loop: indexing in-memory tensors."""
     state = GanState(p, torch.device("cpu"))
@@ -75,11 +68,7 @@ def gan_bench(p: GanParams, images, labels, steps: int, repeats: int):
         z = torch.randn(p.batch_size, p.latent_dim, generator=state.noise)
         gan_step(state, images[idx], labels[idx], z, p)
 
-    state.step = 1  # count a step without R1 (FlopCounterMode cannot watch autograd.grad),
-    flops = flops_of(one_step) / p.batch_size  # then add R1's share as bench.flops does
-    if p.r1:
-        idx = torch.arange(p.batch_size) % len(images)
-        flops += r1_flops(state.D, images[idx], labels[idx]) / p.r1_every / p.batch_size
+    flops = gan_step_flops(state, p, total=p.r1_every) / p.batch_size  # R1 on 1 step in r1_every
     times = timed(lambda: [one_step() for _ in range(steps)], repeats)
     return [steps * p.batch_size / t for t in times], flops, state
 
@@ -149,7 +138,7 @@ def judge_bench(p: JudgeParams, images, labels, steps: int, repeats: int):
         loss.backward()
         opt.step()
 
-    flops = flops_of(one_step) / p.batch_size
+    flops = count(one_step) / p.batch_size
     times = timed(lambda: [one_step() for _ in range(steps)], repeats)
     return [steps * p.batch_size / t for t in times], flops, precision
 

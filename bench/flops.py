@@ -74,6 +74,20 @@ def r1_flops(D, real, labels) -> int:
     return count(penalty_step)
 
 
+def gan_step_flops(state: GanState, p: GanParams, total: int) -> float:
+    """The FLOPs of an average training step over `total` steps: one step without R1 (it
+    runs on steps divisible by r1_every only), plus R1's work on ceil(total / r1_every) of
+    them. Runs one update on `state`."""
+    b = p.batch_size
+    real, labels = torch.zeros(b, 1, 28, 28), torch.arange(b) % 10
+    state.step = 1
+    step = count(lambda: gan_step(state, real, labels, torch.randn(b, p.latent_dim), p))
+    with_r1 = -(-total // p.r1_every) if p.r1 else 0
+    if with_r1:
+        step += with_r1 * r1_flops(state.D, real, labels) / total
+    return step
+
+
 def stage_flops(params_path: Path) -> dict[str, int]:
     judge_p = load_section(params_path, "train_judge", JudgeParams)
     inv_p = load_section(params_path, "train_inverted", InvertedParams)
@@ -94,16 +108,9 @@ def stage_flops(params_path: Path) -> dict[str, int]:
     flops["train_inverted"] = len(inv_p.variants) * inv_p.steps * step
 
     state = GanState(gan_p, CPU)
-    b = gan_p.batch_size
-    real, labels = torch.zeros(b, 1, 28, 28), torch.arange(b) % 10
     n = gan_p.train_limit or TRAIN_IMAGES
-    total = gan_p.epochs * (n // b)
-
-    state.step = 1  # a step without R1 (it runs on steps divisible by r1_every only)
-    step = count(lambda: gan_step(state, real, labels, torch.randn(b, gan_p.latent_dim), gan_p))
-    with_r1 = -(-total // gan_p.r1_every) if gan_p.r1 else 0
-    if with_r1:
-        step += with_r1 * r1_flops(state.D, real, labels) / total
+    total = gan_p.epochs * (n // gan_p.batch_size)
+    step = gan_step_flops(state, gan_p, total)
     evals = total // gan_p.eval_every + (total % gan_p.eval_every > 0)
     grids = total // gan_p.sample_every + (total % gan_p.sample_every > 0)
     g_per_image = forward(state.G_ema, torch.randn(1000, gan_p.latent_dim), torch.arange(1000) % 10) / 1000

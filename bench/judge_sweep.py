@@ -19,20 +19,17 @@ import torch
 from mnistgen.classifier import JudgeParams, accuracy, train_judge
 from mnistgen.data import load_arrays
 from mnistgen.images import to_model_input
-from mnistgen.judging import features_and_predictions
-from mnistgen.metrics import frechet_distance
 from mnistgen.params import load_section, parse_section, read_params
 from mnistgen.runtime import pick_device, resolve_precision, set_seed, set_threads
-from mnistgen.scoring import EvaluateParams, calibrate, reference
+from mnistgen.scoring import EvaluateParams, calibrate, judge_scores, reference
 
 
-def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, data: Path) -> dict:
+def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, arrays: dict) -> dict:
     raw = {**read_params(params_path)["train_judge"], **overrides, "seed": seed}
     p = parse_section(raw, JudgeParams, "train_judge")
     set_seed(p.seed)
     set_threads(p.threads)
     device = pick_device(p.device)
-    arrays = load_arrays(data)
     limit = p.train_limit or len(arrays["train_images"])
     images = to_model_input(arrays["train_images"][:limit])
     labels = torch.as_tensor(arrays["train_labels"][:limit]).long()
@@ -46,7 +43,7 @@ def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, dat
     ep = load_section(params_path, "evaluate", EvaluateParams)
     ref = reference(params=ep, arrays=arrays, judge=judge)
     test_images, test_labels = ref["test_row"]
-    floor = frechet_distance(ref["features"], features_and_predictions(judge, test_images)[0])
+    floor = judge_scores(images=test_images, labels=test_labels, judge=judge, ref=ref)["frechet"]
     rows = calibrate(images=test_images, labels=test_labels.astype(np.int64), judge=judge, ref=ref)
     ratios = {row: round(v["frechet"] / floor, 2) for row, v in rows.items()}
     harmless = [r for row, r in ratios.items() if rows[row]["kind"] == "harmless"]
@@ -65,11 +62,12 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=Path("data/mnist.npz"))
     args = ap.parse_args(argv)
     variants = json.loads(args.variants.read_text())
+    arrays = load_arrays(args.data)
     with open(args.out, "a") as out:
         for seed in args.seeds:
             for name, overrides in variants.items():
                 line = json.dumps(run_variant(name=name, overrides=overrides, seed=seed,
-                                              params_path=args.params, data=args.data))
+                                              params_path=args.params, arrays=arrays))
                 print(line, flush=True)
                 out.write(line + "\n")
                 out.flush()
