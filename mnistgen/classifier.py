@@ -14,7 +14,7 @@ from mnistgen.data import training_images
 from mnistgen.distributed import World
 from mnistgen.models import Judge, JudgeConfig, gaussian_blur
 from mnistgen.params import ParamsError, RunParams, field, precision_field
-from mnistgen.runtime import autocast, fast_layout
+from mnistgen.runtime import autocast, fast_layout, inference_batch
 
 TEST_ACCURACY = "test_accuracy"  # the judge's score in metrics/judge.json (final/<it> in MLflow)
 
@@ -124,8 +124,9 @@ def classify_and_hold(trained, x, y, *, weight: float, noise: float, gen, device
 
 
 @torch.no_grad()
-def accuracy(model, images, labels, device, batch=1000) -> float:
+def accuracy(model, images, labels, device) -> float:
     model.eval()
+    batch = inference_batch(device)
     correct = 0
     for i in range(0, len(images), batch):
         logits = model(images[i:i + batch].to(device))

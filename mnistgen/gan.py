@@ -4,6 +4,7 @@ and `save_resume`, so the stage, the benchmark and the sweep run the same code.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -23,7 +24,8 @@ from mnistgen.images import to_uint8
 from mnistgen.models import Discriminator, GanConfig, Generator
 from mnistgen.params import ParamsError, RunParams, field, precision_field
 from mnistgen.runtime import (CheckpointError, CtrlC, Interrupted, TrainingError, autocast,
-                              fast_layout, load_checkpoint, resolve_precision, save_checkpoint)
+                              fast_layout, inference_batch, load_checkpoint, resolve_precision,
+                              save_checkpoint)
 
 # keys that change what is logged, not what is trained: a resume file ignores them
 LOGGING_KEYS = ("log_every", "sample_every", "checkpoint_every", "threads")
@@ -187,9 +189,11 @@ def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
         loss_d.backward()
         s.opt_d.step()
     # (2) G: maximise D's score of G(z, y) under label y (non-saturating / hinge generator
-    # loss); with mode_seeking, also make two noises for one label draw different digits
-    with s.autocast():
-        loss_g = g_loss_fn(p.loss, s.D_train(fake, fake_labels).float(), real_scores.detach())
+    # loss); with mode_seeking, also make two noises for one label draw different digits.
+    # D is not updated here: through the plain module with its weights frozen, the backward
+    # computes D's input gradient only (no weight gradients, no all-reduce under torchrun)
+    with s.autocast(), frozen(s.D):
+        loss_g = g_loss_fn(p.loss, s.D(fake, fake_labels).float(), real_scores.detach())
         if p.mode_seeking:
             loss_g = loss_g + p.mode_seeking * mode_seeking_loss(fake.float(), z)
     s.opt_g.zero_grad(set_to_none=True)
@@ -200,6 +204,18 @@ def gan_step(s: GanState, real, labels, z, p: GanParams) -> tuple[float, float]:
         # warm-up: early on the EMA follows G closely instead of averaging in the random init
         update_ema(s.G_ema, s.G, min(p.ema_decay, (1 + s.step) / (p.ema_warmup + s.step)))
     return (loss_d.item() if d_ok else math.nan), (loss_g.item() if g_ok else math.nan)
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module):
+    """Within the block, the graph built through `model` has no edges to its weights."""
+    flags = [q.requires_grad for q in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for q, flag in zip(model.parameters(), flags):
+            q.requires_grad_(flag)
 
 
 def paired(labels):
@@ -225,10 +241,11 @@ def update_ema(ema, model, decay):
 
 
 @torch.no_grad()
-def generate(G, labels: torch.Tensor, z: torch.Tensor, batch: int = 1000) -> np.ndarray:
+def generate(G, labels: torch.Tensor, z: torch.Tensor) -> np.ndarray:
     """uint8 (N, 784) images of the requested labels, from fixed noise z (N, latent)."""
     G.eval()
     device = next(G.parameters()).device
+    batch = inference_batch(device)
     out = [to_uint8(G(z[i:i + batch].to(device), labels[i:i + batch].to(device)))
            for i in range(0, len(labels), batch)]
     return np.concatenate(out)

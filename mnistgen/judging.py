@@ -9,7 +9,7 @@ import torch
 from mnistgen.images import to_model_input
 from mnistgen.metrics import frechet_distance
 from mnistgen.models import build
-from mnistgen.runtime import fast_layout, load_checkpoint
+from mnistgen.runtime import fast_layout, inference_batch, load_checkpoint
 
 
 def load_judge(path: Path, device: torch.device = torch.device("cpu")):
@@ -20,9 +20,10 @@ def load_judge(path: Path, device: torch.device = torch.device("cpu")):
 
 
 @torch.no_grad()
-def features_and_predictions(judge, images_u8: np.ndarray, batch: int = 1000):
+def features_and_predictions(judge, images_u8: np.ndarray):
     """uint8 (N, 784) -> features float64 (N, feature_dim), predicted labels (N,)."""
     device = next(judge.parameters()).device
+    batch = inference_batch(device)
     feats, preds = [], []
     for i in range(0, len(images_u8), batch):
         x = to_model_input(images_u8[i:i + batch]).to(device)

@@ -161,6 +161,31 @@ def _mlp(sizes, act, norm=None, sn=False):
     return nn.Sequential(*layers)
 
 
+# Nearest x2 upsampling, then a 3x3 conv (padding 1), is one 4x4 transposed conv at stride 2:
+# each output pixel's 3x3 window covers only 2x2 distinct input pixels, so 4 taps per pixel do
+# the work of 9 (4/9 of the FLOPs) and the upsampled map is never built. Tap k of the 4x4
+# kernel, along each axis, sums the 3x3 taps marked in row k: output pixel 2i takes input i-1
+# with tap 0 and input i with taps 1+2; pixel 2i+1 takes input i with taps 0+1 and i+1 with 2.
+_UPSAMPLE_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """conv(nearest_upsample_x2(x)) for a 3x3 conv with padding 1, computed as one transposed
+    conv: the same numbers up to float rounding, and the same parameters (the 3x3 weight
+    stays what trains and what checkpoints hold). (N, C_in, H, W) -> (N, C_out, 2H, 2W)."""
+    taps = _UPSAMPLE_TAPS.to(conv.weight)
+    kernel = torch.einsum("ky,oiyx,lx->iokl", taps, conv.weight, taps)  # (C_in, C_out, 4, 4)
+    return F.conv_transpose2d(x, in_layout_of(conv.weight, kernel), conv.bias, stride=2, padding=1)
+
+
+def in_layout_of(weight: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """t (4-d) in the memory layout of the conv weight `weight`: channels-last after
+    runtime.fast_layout, else the default. A map or kernel in another layout than its conv's
+    weights costs a reorder per pass (measured: G's step 6% slower in fp32 on AVX2)."""
+    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 class Generator(nn.Module):
     """(z (N, latent), labels (N,)) -> images (N, 1, 28, 28) in [-1, 1]; label by embedding."""
 
@@ -185,12 +210,12 @@ class Generator(nn.Module):
         x = torch.cat([z, self.embed(labels)], dim=1)
         if self.cfg.arch == "mlp":
             return torch.tanh(self.out(self.body(x))).view(-1, 1, 28, 28)
-        h = self.project(x).unflatten(1, (self.cfg.g_hidden[0], 7, 7))
-        h = self.act(self._norm(0, h, labels))
+        h = self.project(x).unflatten(1, (self.cfg.g_hidden[0], 7, 7))  # (N, C, 7, 7)
+        h = self.act(self._norm(0, in_layout_of(self.out.weight, h), labels))
         for i, conv in enumerate(self.convs, 1):  # 7 -> 14 (-> 28), nearest upsampling
-            h = self.act(self._norm(i, conv(F.interpolate(h, scale_factor=2)), labels))
+            h = self.act(self._norm(i, upsample_conv(h, conv), labels))
         if h.shape[-1] < 28:
-            h = F.interpolate(h, scale_factor=2)
+            return torch.tanh(upsample_conv(h, self.out))
         return torch.tanh(self.out(h))
 
     def _norm(self, i, h, labels):

@@ -3,7 +3,7 @@ import torch
 
 from mnistgen.models import (BlurDown, Discriminator, GanConfig, Generator, InvertedConfig,
                              InvertedGenerator, Judge, JudgeConfig, PackedGenerator, _downsample,
-                             build, config_dict)
+                             build, config_dict, upsample_conv)
 from mnistgen.runtime import CheckpointError, load_checkpoint, save_checkpoint
 
 
@@ -137,3 +137,36 @@ def test_a_config_from_other_code_is_a_checkpoint_error():
     old = {"channels": [4], "feature_dim": 8, "input_blur": 0.0}  # a judge saved before `pool`
     with pytest.raises(CheckpointError, match=r"judge config does not fit this code .*pool.*dvc repro"):
         build("judge", old)
+
+
+@pytest.mark.parametrize("c_in, c_out, side", [(64, 32, 7), (32, 16, 14), (16, 1, 14), (3, 5, 1)])
+def test_upsample_conv_is_conv_of_the_upsampled_map_with_the_same_gradients(c_in, c_out, side):
+    # float64, so what differs is the formula, not float rounding
+    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1).double()
+    x = torch.randn(4, c_in, side, side, dtype=torch.float64, requires_grad=True)
+    ours = upsample_conv(x, conv)
+    reference = conv(torch.nn.functional.interpolate(x, scale_factor=2))
+    assert ours.shape == (4, c_out, 2 * side, 2 * side)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+    upstream = torch.randn_like(reference)
+    ours_grads = torch.autograd.grad(ours, [x, conv.weight, conv.bias], upstream)
+    reference_grads = torch.autograd.grad(reference, [x, conv.weight, conv.bias], upstream)
+    for a, b in zip(ours_grads, reference_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("g_hidden", [[64, 32, 16], [32, 16]])
+def test_the_generator_draws_what_upsampling_then_convolving_draws(g_hidden):
+    cfg = GanConfig(arch="conv", latent_dim=8, g_hidden=g_hidden, d_hidden=[8, 8, 16],
+                    spectral_norm=False, conditional_bn=True)
+    G = Generator(cfg).double().eval()
+    z, y = torch.randn(6, 8, dtype=torch.float64), torch.arange(6)
+    F = torch.nn.functional
+    h = G.project(torch.cat([z, G.embed(y)], 1)).unflatten(1, (g_hidden[0], 7, 7))
+    h = G.act(G.norms[0](h, y))
+    for i, conv in enumerate(G.convs, 1):  # the plain formulation, written out
+        h = G.act(G.norms[i](conv(F.interpolate(h, scale_factor=2)), y))
+    if h.shape[-1] < 28:
+        h = F.interpolate(h, scale_factor=2)
+    torch.testing.assert_close(G(z, y), torch.tanh(G.out(h)), rtol=0, atol=1e-12)
+
