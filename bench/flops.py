@@ -114,11 +114,16 @@ def stage_flops(params_path: Path) -> dict[str, int]:
     evals = total // gan_p.eval_every + (total % gan_p.eval_every > 0)
     grids = total // gan_p.sample_every + (total % gan_p.sample_every > 0)
     g_per_image = forward(state.G_ema, torch.randn(1000, gan_p.latent_dim), torch.arange(1000) % 10) / 1000
+    # the EMA's BatchNorm statistics are measured before each step's grid and scores, at the
+    # start and in save_model (mnistgen.gan.settle_ema)
+    draws = 2 + sum(1 for t in range(1, total + 1)
+                    if t % gan_p.eval_every == 0 or t % gan_p.sample_every == 0 or t == total)
     flops["train_gan"] = int(total * step
                              + judge_forward(judge_p, 2 * gan_p.eval_samples)  # reference + floor
                              + evals * (gan_p.eval_samples * g_per_image
                                         + judge_forward(judge_p, gan_p.eval_samples))
-                             + grids * 100 * g_per_image)
+                             + grids * 100 * g_per_image
+                             + draws * gan_p.ema_bn_samples * g_per_image)
 
     per_row = 10 * sample_p.per_class
     flops["sample"] = int(per_row * g_per_image) + len(inv_p.variants) * forward(

@@ -26,7 +26,7 @@ from mnistgen.images import to_model_input
 from mnistgen.judging import load_judge
 from mnistgen.params import load_section, parse_section
 from mnistgen.runtime import configure_cuda, pick_device, set_seed, set_threads
-from mnistgen.gan import GanParams, GanState, train_loop
+from mnistgen.gan import GanParams, GanState, settle_ema, train_loop
 from mnistgen.sampling import draw_samples
 from mnistgen.scoring import EvaluateParams, reference, rounded, score_row
 
@@ -55,6 +55,7 @@ def run_variant(*, name: str, overrides: dict, seed: int, params_path: Path, dat
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    settle_ema(state, p)  # as save_model does: what `sample` would draw
     scores = score(generator=state.G_ema, latent_dim=p.latent_dim, arrays=arrays, judge=judge,
                    params_path=params_path, device=dev, per_class=per_class)
     return {"name": name, "seed": seed, "overrides": overrides, "train_s": round(seconds, 1),

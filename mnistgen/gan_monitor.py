@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mnistgen.gan import GanParams, GanState, balanced_labels, generate
+from mnistgen.gan import GanParams, GanState, balanced_labels, generate, settle_ema
 from mnistgen.images import grid
 from mnistgen.judging import features_and_predictions, quick_score
 from mnistgen.metrics import frechet_distance
@@ -65,6 +65,7 @@ class Monitor:
 
     def start(self, s: GanState):
         """The untrained generator's grid at step 0: MLflow's image chart opens on step 0."""
+        settle_ema(s, self.p)
         self.log_grid(s, 0)
 
     def log_grid(self, s: GanState, step: int):
@@ -80,6 +81,8 @@ class Monitor:
         if step % p.log_every == 0 or last:
             s.losses.append([step, round(loss_d, 6), round(loss_g, 6)])
             self.record.metrics({self.loss_keys["loss_d"]: loss_d, self.loss_keys["loss_g"]: loss_g}, step=step)
+        if step % p.sample_every == 0 or step % p.eval_every == 0 or last:
+            settle_ema(s, p)  # the grid and scores show what sampling will draw
         if step % p.sample_every == 0 or last:
             picture = self.log_grid(s, step)
             if last:  # rows = digits 0-9, columns = fixed noise

@@ -49,6 +49,10 @@ def test_flop_count_follows_the_params_of_each_stage(tmp_path):
     cheap = flops_for(tmp_path, "cheap", {"train_gan": {"g_hidden": [8, 4, 4]}})
     assert cheap["train_gan"] < base["train_gan"] and cheap["sample"] < base["sample"]
     assert cheap["train_judge"] == base["train_judge"] and cheap["evaluate"] == base["evaluate"]
+    # measuring the EMA's BatchNorm statistics: G forward passes, in train_gan only
+    unmeasured = flops_for(tmp_path, "unmeasured", {"train_gan": {"ema_bn_samples": 0}})
+    assert unmeasured["train_gan"] < base["train_gan"]
+    assert {k: v for k, v in unmeasured.items() if k != "train_gan"} == {k: v for k, v in base.items() if k != "train_gan"}
 
 
 def test_the_consistency_term_costs_about_a_quarter_more_per_judge_step(tmp_path):
