@@ -242,8 +242,8 @@ def update_ema(ema, model, decay):
         e.copy_(m)
 
 
-# batch of the passes that measure BatchNorm statistics: a constant, so the statistics (an
-# average of per-batch ones) and the samples drawn with them are the same on every device
+# batch of the passes that measure BatchNorm statistics: a constant, not the device's inference
+# batch, since the statistics (an average of per-batch ones) depend on it
 BN_STATS_BATCH = 256
 
 
