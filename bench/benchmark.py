@@ -24,13 +24,14 @@ from pathlib import Path
 import torch
 
 from bench.flops import count, gan_step_flops, report as flops_report, stage_flops
+from mnistgen.classifier import JudgeParams, augment, classifier_loss
 from mnistgen.data import load_arrays
+from mnistgen.distributed import World
+from mnistgen.gan import GanParams, GanState, d_loss_fn, g_loss_fn, generate, train_step
 from mnistgen.images import to_model_input
 from mnistgen.models import Discriminator, Generator, Judge
 from mnistgen.params import load_section
-from mnistgen.runtime import autocast, cpu_kind, fast_layout, resolve_precision, set_threads
-from mnistgen.classifier import JudgeParams
-from mnistgen.gan import GanParams, GanState, d_loss_fn, g_loss_fn, gan_step, generate
+from mnistgen.runtime import cpu_kind, fast_layout, resolve_precision, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 LAPTOP_GFLOPS = 100  # fp32 matmul peak of an ordinary 2-core AVX2 laptop CPU: times are scaled to it
@@ -58,16 +59,24 @@ def matmul_peak(repeats: int, n: int = 2048, per_repeat: int = 5,
     return [per_repeat * 2 * n ** 3 / t / 1e9 for t in times]
 
 
-def gan_bench(p: GanParams, images, labels, steps: int, repeats: int):
-    """images/s and FLOPs per image of our loop: indexing in-memory tensors."""
+def gan_stepper(p: GanParams, images, labels):
+    """(state, one_step()) where one_step is the training loop's own step: its batch order,
+    learning-rate schedule and step count, so R1 runs on 1 step in r1_every as in a real run."""
     state = GanState(p, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(0)
+    steps_per_epoch = len(images) // p.batch_size
+    total = p.epochs * steps_per_epoch
 
     def one_step():
-        idx = torch.randint(0, len(images), (p.batch_size,), generator=gen)
-        z = torch.randn(p.batch_size, p.latent_dim, generator=state.noise)
-        gan_step(state, images[idx], labels[idx], z, p)
+        if state.step == total:  # a long benchmark starts the schedule over, never runs past it
+            state.step = 0
+        train_step(state, images=images, labels=labels, p=p, world=World(), total=total,
+                   steps_per_epoch=steps_per_epoch)
+    return state, one_step
 
+
+def gan_bench(p: GanParams, images, labels, steps: int, repeats: int):
+    """images/s and FLOPs per image of our loop: indexing in-memory tensors."""
+    state, one_step = gan_stepper(p, images, labels)
     flops = gan_step_flops(state, p, total=p.r1_every) / p.batch_size  # R1 on 1 step in r1_every
     times = timed(lambda: [one_step() for _ in range(steps)], repeats)
     return [steps * p.batch_size / t for t in times], flops, state
@@ -123,21 +132,28 @@ def conventional_gan_bench(p: GanParams, arrays: dict, steps: int, repeats: int)
         return [steps * p.batch_size / t for t in timed(some_steps, repeats)]
 
 
-def judge_bench(p: JudgeParams, images, labels, steps: int, repeats: int):
+def judge_stepper(p: JudgeParams, images, labels):
+    """(precision, one_step()) where one_step is train_classifier's update on the default
+    params: augmentation, the consistency term, AdamW."""
     model = fast_layout(Judge(p.model_config()))
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     gen = torch.Generator().manual_seed(0)
     cpu = torch.device("cpu")
     precision = resolve_precision(p.precision, cpu, model="judge")
 
     def one_step():
         idx = torch.randint(0, len(images), (p.batch_size,), generator=gen)
-        with autocast(cpu, precision):
-            loss = torch.nn.functional.cross_entropy(model(images[idx]).float(), labels[idx])
-        opt.zero_grad()
+        x = augment(images[idx], shift=p.shift, smooth=p.smooth, noise=p.noise, gen=gen)
+        loss = classifier_loss(model, x, labels[idx], consistency=p.consistency, noise=p.noise,
+                               gen=gen, device=cpu, precision=precision)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return precision, one_step
 
+
+def judge_bench(p: JudgeParams, images, labels, steps: int, repeats: int):
+    precision, one_step = judge_stepper(p, images, labels)
     flops = count(one_step) / p.batch_size
     times = timed(lambda: [one_step() for _ in range(steps)], repeats)
     return [steps * p.batch_size / t for t in times], flops, precision

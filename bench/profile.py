@@ -22,44 +22,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def step_functions(what: str):
     """(setup-free one_step(), images per step) of the default params' training step."""
-    from mnistgen.classifier import JudgeParams, classify_and_hold, random_shift, smooth_and_noise
+    from bench.benchmark import gan_stepper, judge_stepper
+    from mnistgen.classifier import JudgeParams
     from mnistgen.data import load_arrays
-    from mnistgen.gan import GanParams, GanState, gan_step
+    from mnistgen.gan import GanParams
     from mnistgen.images import to_model_input
-    from mnistgen.models import Judge
     from mnistgen.params import load_section
-    from mnistgen.runtime import fast_layout, resolve_precision, set_threads
+    from mnistgen.runtime import set_threads
 
     arrays = load_arrays(ROOT / "data/mnist.npz")
     images = to_model_input(arrays["train_images"])
     labels = torch.as_tensor(arrays["train_labels"]).long()
-    gen = torch.Generator().manual_seed(0)
-    cpu = torch.device("cpu")
     if what == "gan":
         p = load_section(ROOT / "params.yaml", "train_gan", GanParams)
         set_threads(p.threads)
-        state = GanState(p, cpu)
-
-        def one_step():
-            idx = torch.randint(0, len(images), (p.batch_size,), generator=gen)
-            z = torch.randn(p.batch_size, p.latent_dim, generator=state.noise)
-            gan_step(state, images[idx], labels[idx], z, p)
+        _, one_step = gan_stepper(p, images, labels)
         return one_step, p.batch_size
     p = load_section(ROOT / "params.yaml", "train_judge", JudgeParams)
     set_threads(p.threads)
-    model = fast_layout(Judge(p.model_config()))
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
-    precision = resolve_precision(p.precision, cpu, model="judge")
-
-    def one_step():  # what train_classifier does per step
-        idx = torch.randint(0, len(images), (p.batch_size,), generator=gen)
-        x = smooth_and_noise(random_shift(images[idx], p.shift, gen), smooth=p.smooth,
-                             noise=p.noise, gen=gen)
-        loss = classify_and_hold(model, x, labels[idx], weight=p.consistency, noise=p.noise,
-                                 gen=gen, device=cpu, precision=precision)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    _, one_step = judge_stepper(p, images, labels)
     return one_step, p.batch_size
 
 

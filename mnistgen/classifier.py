@@ -123,6 +123,22 @@ def classify_and_hold(trained, x, y, *, weight: float, noise: float, gen, device
     return F.cross_entropy(logits[:len(x)], y) + weight * drift
 
 
+def augment(x, *, shift: int, smooth: float, noise: float, gen):
+    """A training batch x (N, 1, 28, 28) randomly shifted, resampled or blurred, and noised."""
+    x = random_shift(x, shift, gen)
+    return smooth_and_noise(x, smooth=smooth, noise=noise, gen=gen) if smooth or noise else x
+
+
+def classifier_loss(trained, x, y, *, consistency: float, noise: float, gen, device, precision):
+    """The objective of one update: maximise log p(label | image) of the classifier, plus
+    (consistency > 0) keep its features where they are when the image changes harmlessly."""
+    if consistency > 0:
+        return classify_and_hold(trained, x, y, weight=consistency, noise=noise, gen=gen,
+                                 device=device, precision=precision)
+    with autocast(device, precision):
+        return F.cross_entropy(trained(x).float(), y)
+
+
 @torch.no_grad()
 def accuracy(model, images, labels, device) -> float:
     model.eval()
@@ -160,19 +176,11 @@ def train_classifier(*, model, images, labels, epochs, batch_size, lr, weight_de
         order = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size].to(device)
-            x = random_shift(images[idx], shift, gen)
-            if smooth or noise:
-                x = smooth_and_noise(x, smooth=smooth, noise=noise, gen=gen)
-            x = world.shard(x)
+            x = world.shard(augment(images[idx], shift=shift, smooth=smooth, noise=noise, gen=gen))
             y = world.shard(labels[idx])
-            # objective: maximise log p(label | image) of the classifier, plus (consistency > 0)
-            # keep its features where they are when the image changes harmlessly
-            if consistency > 0:
-                loss = classify_and_hold(trained, x, y, weight=consistency, noise=noise, gen=gen,
-                                         device=device, precision=precision)
-            else:
-                with autocast(device, precision):
-                    loss = F.cross_entropy(trained(x).float(), y)
+            # objective: cross-entropy, plus consistency x feature drift under harmless changes
+            loss = classifier_loss(trained, x, y, consistency=consistency, noise=noise, gen=gen,
+                                   device=device, precision=precision)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -128,6 +128,7 @@ class GanState:
         self.autocast = lambda: autocast(device, self.precision)
         self.step, self.losses, self.quality, self.run_id = 0, [], [], None
         self.last_losses = (math.nan, math.nan)  # (loss_d, loss_g) of the latest step
+        self.epoch_order = (-1, None)  # (epoch, its permutation of the training images)
 
     def save(self, path: Path, digest: str) -> None:
         save_checkpoint(path, kind="gan_resume", config={"digest": digest},
@@ -325,8 +326,8 @@ def train_loop(s: GanState, *, images, labels, p: GanParams, world: World = Worl
     total, streak = p.epochs * steps_per_epoch, 0
     with CtrlC(active=world.size == 1) as ctrl_c:
         while s.step < total:
-            _one_step(s, images=images, labels=labels, p=p, world=world, total=total,
-                      steps_per_epoch=steps_per_epoch)
+            train_step(s, images=images, labels=labels, p=p, world=world, total=total,
+                       steps_per_epoch=steps_per_epoch)
             streak = check_finite(*s.last_losses, s.step, streak, p)
             if streak == 0 and after_step is not None:
                 after_step(s, s.step, total, *s.last_losses)
@@ -341,18 +342,26 @@ def train_loop(s: GanState, *, images, labels, p: GanParams, world: World = Worl
                 save_resume(s)
 
 
-def _one_step(s: GanState, *, images, labels, p: GanParams, world: World, total: int,
-              steps_per_epoch: int) -> None:
+def train_step(s: GanState, *, images, labels, p: GanParams, world: World, total: int,
+               steps_per_epoch: int) -> None:
     """One global batch: its images, fresh noise, one D and one G update; s.step advances."""
     epoch, pos = divmod(s.step, steps_per_epoch)
-    # the epoch's order depends on (seed, epoch) only, so a resumed run sees the same batches
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(p.seed * 100003 + epoch))
-    idx = world.shard(order[pos * p.batch_size:(pos + 1) * p.batch_size]).to(images.device)
+    order = epoch_order(s, epoch, images, p.seed)
+    idx = world.shard(order[pos * p.batch_size:(pos + 1) * p.batch_size])
     z = world.shard(torch.randn(p.batch_size, p.latent_dim, generator=s.noise)).to(images.device)
     s.G.train()
     set_learning_rates(s, p, s.step / total)
     s.last_losses = gan_step(s, images[idx], labels[idx], z, p)
     s.step += 1
+
+
+def epoch_order(s: GanState, epoch: int, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """The epoch's order of the training images, on their device, drawn once per epoch (not
+    once per step). It depends on (seed, epoch) only, so a resumed run sees the same batches."""
+    if s.epoch_order[0] != epoch:
+        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+        s.epoch_order = (epoch, torch.randperm(len(images), generator=gen).to(images.device))
+    return s.epoch_order[1]
 
 
 def try_resume(state: GanState, path: Path, digest: str) -> bool:

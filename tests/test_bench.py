@@ -82,3 +82,45 @@ def test_the_gan_benchmark_counts_r1_steps_at_their_share():
     _, without_r1, _ = gan_bench(dataclasses.replace(p, r1=0.0), images, labels, steps=2, repeats=1)
     assert len(rates) == 1 and rates[0] > 0
     assert without_r1 < with_r1 < 2 * without_r1
+
+
+def test_the_gan_benchmark_times_the_training_loop_s_step(monkeypatch):
+    """The timed step is the loop's own: the step count advances, so R1 runs on 1 step in
+    r1_every as in a real run (not on every timed step)."""
+    import torch
+
+    import mnistgen.gan
+    from bench.benchmark import gan_stepper
+    from conftest import make_params
+
+    calls = []
+    real_r1 = mnistgen.gan.r1_penalty
+    monkeypatch.setattr(mnistgen.gan, "r1_penalty", lambda *a: calls.append(1) or real_r1(*a))
+    p = make_params("train_gan", arch="conv", latent_dim=8, g_hidden=[8, 4], d_hidden=[4, 8, 16],
+                    batch_size=16, r1=0.3, r1_every=3, mode_seeking=0.0, precision="fp32", epochs=2)
+    images, labels = torch.rand(64, 1, 28, 28) * 2 - 1, torch.arange(64) % 10
+    state, one_step = gan_stepper(p, images, labels)
+    for _ in range(6):
+        one_step()
+    assert state.step == 6 and len(calls) == 2
+    for _ in range(4):  # past the run's 2 epochs x 4 steps: the schedule starts over
+        one_step()
+    assert state.step == 2
+
+
+def test_the_judge_benchmark_times_the_training_loop_s_update():
+    """`make bench` times train_classifier's update, consistency term included (a quarter of
+    the batch is passed again), not a plain cross-entropy step."""
+    import torch
+
+    from bench.benchmark import judge_bench
+    from conftest import make_params
+
+    images, labels = torch.rand(64, 1, 28, 28) * 2 - 1, torch.arange(64) % 10
+    sizes = dict(channels=[4, 8], feature_dim=16, batch_size=32, precision="fp32")
+    held = make_params("train_judge", consistency=0.3, **sizes)
+    plain = make_params("train_judge", consistency=0.0, **sizes)
+    rates, held_flops, _ = judge_bench(held, images, labels, steps=2, repeats=1)
+    _, plain_flops, _ = judge_bench(plain, images, labels, steps=2, repeats=1)
+    assert len(rates) == 1 and rates[0] > 0
+    assert 1.2 * plain_flops < held_flops < 1.3 * plain_flops
