@@ -75,8 +75,9 @@ class Monitor:
 
     def __call__(self, s: GanState, step: int, total: int, loss_d: float, loss_g: float):
         p, last = self.p, step == total
-        if self.progress is None:
-            self.progress = Progress("train_gan", total=total, per_step=p.batch_size)
+        if self.progress is None:  # called after every step: a resumed run starts at step - 1
+            self.progress = Progress("train_gan", total=total, per_step=p.batch_size,
+                                     start_step=step - 1)
         self.progress.update(step, loss_d=loss_d, loss_g=loss_g)
         if step % p.log_every == 0 or last:
             s.losses.append([step, round(loss_d, 6), round(loss_g, 6)])

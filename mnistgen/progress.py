@@ -34,18 +34,19 @@ def clock(seconds: float) -> str:
 
 class Progress:
     def __init__(self, label: str, *, total: int, unit: str = "images", per_step: int = 1,
-                 every: float | None = None, stream=None, timer=time.monotonic):
+                 every: float | None = None, stream=None, timer=time.monotonic,
+                 start_step: int = 0):
+        """start_step: the step the work starts from (a resumed run's), so its rate counts
+        only its own steps, however often update() is called."""
         self.label, self.total, self.unit, self.per_step = label, max(total, 1), unit, per_step
         self.every = EVERY if every is None else every
         self.stream, self.timer = stream, timer
         self.start = self.timer()
-        self.first_step: int | None = None  # a resumed run's rate counts only its own steps
+        self.start_step = start_step
         self.last_print, self.printed = self.start, False
-        self.step, self.values = 0, {}
+        self.step, self.values = start_step, {}
 
     def update(self, step: int, **values: float) -> None:
-        if self.first_step is None:
-            self.first_step = step - 1
         self.step = step
         self.values.update(values)
         due = self.every if self.printed else min(self.every, FIRST)
@@ -60,7 +61,7 @@ class Progress:
 
     def line(self) -> str:
         elapsed = self.timer() - self.start
-        done_steps = self.step - (self.first_step or 0)
+        done_steps = self.step - self.start_step
         rate = done_steps * self.per_step / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.step) * self.per_step / rate if rate > 0 else 0.0
         parts = [f"{self.label}: step {self.step}/{self.total} ({100 * self.step / self.total:.0f}%)",

@@ -28,11 +28,23 @@ def test_lines_come_at_most_every_interval_and_always_at_the_end():
 
 def test_rate_of_a_resumed_run_counts_only_its_own_steps():
     timer, out = FakeClock(), io.StringIO()
-    progress = Progress("train_gan", total=1000, per_step=10, every=10, stream=out, timer=timer)
+    progress = Progress("train_gan", total=1000, per_step=10, every=10, stream=out, timer=timer,
+                        start_step=500)
     timer.now += 10
     progress.update(501)  # resumed at step 500: one step in 10 s
     assert "step 501/1000 (50%), 1 images/s" in out.getvalue()
     assert "1:23:10 left" in out.getvalue()  # 499 steps at 10 s each
+
+
+def test_the_rate_counts_every_step_since_the_start_when_told_every_n_steps():
+    """A loop that reports every 10 steps (evaluate's CAS, the judge every 50): its first
+    line's rate counts the 10 steps, not one (which read 37 images/s and 1:11:29 left for
+    a 40-s stage)."""
+    timer, out = FakeClock(), io.StringIO()
+    progress = Progress("evaluate", total=1240, per_step=128, every=10, stream=out, timer=timer)
+    timer.now += 3.2
+    progress.update(10)
+    assert out.getvalue().startswith("evaluate: step 10/1240 (1%), 400 images/s, 0:03 elapsed, 6:34 left")
 
 
 def test_the_first_line_says_within_seconds_how_long_a_huge_run_takes():
