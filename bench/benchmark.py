@@ -64,12 +64,12 @@ def gan_stepper(p: GanParams, images, labels):
     learning-rate schedule and step count, so R1 runs on 1 step in r1_every as in a real run."""
     state = GanState(p, torch.device("cpu"))
     steps_per_epoch = len(images) // p.batch_size
-    total = p.epochs * steps_per_epoch
+    total, world = p.epochs * steps_per_epoch, World()
 
     def one_step():
         if state.step == total:  # a long benchmark starts the schedule over, never runs past it
             state.step = 0
-        train_step(state, images=images, labels=labels, p=p, world=World(), total=total,
+        train_step(state, images=images, labels=labels, p=p, world=world, total=total,
                    steps_per_epoch=steps_per_epoch)
     return state, one_step
 
