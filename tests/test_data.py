@@ -36,8 +36,10 @@ def test_pickle_floats_become_exact_uint8_with_train_and_valid_joined():
     assert np.array_equal(arrays["train_labels"], np.concatenate(ys[:2]))
 
 
-def test_pickle_with_non_256th_pixels_is_rejected():
-    bad = np.full((2, 784), 0.3, np.float32)
+@pytest.mark.parametrize("pixel", [0.3, -1 / 256, 1.0, float("nan")],
+                         ids=["not a 256th", "negative", "256/256", "nan"])
+def test_pickle_with_non_256th_pixels_is_rejected(pixel):
+    bad = np.full((2, 784), pixel, np.float32)
     with pytest.raises(DataError, match="multiples of 1/256"):
         pickle_to_arrays(bad, np.zeros(2), bad, np.zeros(2))
 
