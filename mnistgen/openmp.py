@@ -3,12 +3,10 @@ OMP_WAIT_POLICY once, when it loads (at `import torch`), so this runs first: fro
 package `__init__` of stages/ and bench/, before any of their modules imports torch.
 
 ACTIVE: between ops, idle worker threads spin instead of sleeping, and our models' ops are
-small and many. Measured on the AVX2 path, 2 cores, 2 threads, three separate processes per
-policy (docs/speed.md): the judge's update 3,815-3,950 images/s under ACTIVE, 3,032-3,302
-under the default, 2,286-3,235 under PASSIVE; the GAN step within the noise of all three.
-Two trainings sharing the cores (`dvc queue start -j 2`) crawl under the default and ACTIVE
-alike (judge 690-950 images/s each); PASSIVE keeps each at ~2,000: set
-OMP_WAIT_POLICY=PASSIVE for those (README, docs/speed.md). A value already set wins.
+small and many: the judge's update ran 1.20-1.28x faster than under OpenMP's default on the
+AVX2 path (the GAN step within noise). Two trainings sharing the cores (`dvc queue start -j
+2`) crawl under the default and ACTIVE alike; set OMP_WAIT_POLICY=PASSIVE for those. A
+value already set wins. Measurements: docs/speed.md, "fifth pass".
 """
 from __future__ import annotations
 
